@@ -1,0 +1,37 @@
+"""Unit conversions for likelihoods (papers/003; METHODS.md section 1).
+
+Bits per dimension are reported in discrete pixel space: bpd = -log P(k) / (D ln 2). A continuous
+density on dequantized data centred in [-1, 1] (x = 2 (k + u) / K - 1) has
+log p_pixel(k + u) = log p_x(x) + D log(2 / K), so
+bpd <= -log p_x(x) / (D ln 2) + log2(K / 2)   (the +7 of 8-bit data in [-1, 1]);
+for data scaled to [0, 1] (x = (k + u) / K) the offset is log2(K)  (+8 for 8-bit data).
+"""
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+
+def bits_per_dim(nll_nats: Tensor, num_dims: int, num_levels: int = 256, centered: bool = True) -> Tensor:
+    """Convert a negative log-likelihood of dequantized data to bits per dimension of the pixels.
+
+    Args:
+        nll_nats: -log p_x(x) in nats of the continuous model-space density, ``[B]`` (or any shape).
+        num_dims: D, the number of dimensions per example.
+        num_levels: K, the number of integer levels per dimension (256 for 8-bit images).
+        centered: True when model space is [-1, 1] (x = 2 y - 1), False for [0, 1].
+
+    Returns:
+        -log p_pixel / (D ln 2), shaped like ``nll_nats``: nll / (D ln 2) + log2(K/2) (centred)
+        or + log2(K) ([0, 1] data).
+    """
+    if num_dims <= 0 or num_levels <= 1:
+        raise ValueError(f"num_dims must be positive and num_levels > 1; got {num_dims}, {num_levels}.")
+    offset = math.log2(num_levels / 2) if centered else math.log2(num_levels)
+    return nll_nats / (num_dims * math.log(2)) + offset
+
+
+def discrete_bits_per_dim(nll_nats: Tensor, num_dims: int) -> Tensor:
+    """-log P(k) / (D ln 2) for a discrete likelihood in nats (no dequantization offset)."""
+    return nll_nats / (num_dims * math.log(2))
