@@ -1,4 +1,4 @@
-"""Discretized and continuous mixtures of logistics (PixelCNN++, Salimans et al. 2017; METHODS.md 2).
+"""Discretized and continuous logistic mixtures (PixelCNN++, Salimans et al. 2017; METHODS.md 2).
 
 Parameter layout
 ----------------
@@ -35,11 +35,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+__all__ = [
+    "FALLBACK_MASS",
+    "FALLBACK_MAX_HALF_WIDTH",
+    "LOG_SCALE_MIN",
+    "MixtureParams",
+    "discretized_logistic_mixture_log_prob",
+    "infer_num_channels",
+    "logistic_mixture_log_prob",
+    "logistic_mixture_score",
+    "num_mixture_params",
+    "sample_discretized_logistic_mixture",
+    "sample_logistic_mixture",
+    "unpack_mixture_params",
+]
+
 LOG_SCALE_MIN = -7.0
 """Lower clamp of the log-scales (PixelCNN++'s value)."""
 
 FALLBACK_MASS = 1e-5
-"""Interior bins with a mass below this may use the midpoint rule (see ``_log_bin_mass``)."""
+"""Interior bins with a mass below this may use the midpoint rule (see
+``discretized_logistic_mixture_log_prob``)."""
 
 FALLBACK_MAX_HALF_WIDTH = 0.05
 """The midpoint rule is used only where delta / s is below this (relative error < 5e-4)."""
@@ -166,7 +182,11 @@ def _logistic_log_pdf(z: Tensor, log_scale: Tensor) -> Tensor:
 def _log1mexp(a: Tensor) -> Tensor:
     """log(1 - exp(a)) for a < 0, stable on both sides of -log 2 (Maechler 2012)."""
     a = a.clamp(max=-torch.finfo(a.dtype).tiny)
-    return torch.where(a > -math.log(2.0), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+    near_zero = a > -math.log(2.0)
+    # each branch sees only inputs where it is finite, so gradients through where stay finite
+    a_near = torch.where(near_zero, a, torch.full_like(a, -1.0))
+    a_far = torch.where(near_zero, torch.full_like(a, -1.0), a)
+    return torch.where(near_zero, torch.log(-torch.expm1(a_near)), torch.log1p(-torch.exp(a_far)))
 
 
 def _log_bin_mass(z_lo: Tensor, z_hi: Tensor) -> Tensor:
@@ -293,12 +313,14 @@ def _mixture_noise(
     CDF), both with ``torch.rand`` on ``generator`` in float64 on the params' device. The draws
     depend only on the generator state, B, C, H and W, so an autoregressive sampler may call the
     samplers on the parameters of the whole image with the same generator state at every pixel
-    and keep one pixel.
+    and keep one pixel. The uniforms are drawn on the generator's device (a CPU generator
+    works with CUDA params) and moved to the params' device.
     """
     b, _, h, w = params.shape
-    kw = dict(generator=generator, dtype=torch.float64, device=params.device)
-    u_mix = torch.rand((b, h, w), **kw)
-    u_logistic = torch.rand((b, num_channels, h, w), **kw)
+    device = params.device if generator is None else generator.device
+    kw = dict(generator=generator, dtype=torch.float64, device=device)
+    u_mix = torch.rand((b, h, w), **kw).to(params.device)
+    u_logistic = torch.rand((b, num_channels, h, w), **kw).to(params.device)
     return u_mix.to(params.dtype), u_logistic
 
 

@@ -417,7 +417,6 @@ class Trainer:
                     out = hook(step, ema)
                     if out:
                         self._log(workdir, writer, step, dict(out, step=step), prefix=name)
-                    model.train()
             if step % self.checkpoint_every == 0 or step == self.num_steps:
                 self._save_checkpoint(workdir, self._checkpoint_state(step, model, ema, optimizer, scheduler))
         if writer is not None:

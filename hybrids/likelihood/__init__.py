@@ -3,3 +3,10 @@ are added by the ScoreFlow modules of this package."""
 from hybrids.likelihood.units import bits_per_dim, discrete_bits_per_dim
 
 __all__ = ["bits_per_dim", "discrete_bits_per_dim"]
+from hybrids.likelihood.bound import dsm_bound, eps_correction_sample
+from hybrids.likelihood.dequantize import (VariationalDequantizer, dequantization_log_prob,
+                                           train_variational_dequantizer)
+from hybrids.likelihood.ode import ODELikelihood, ode_log_prob
+
+__all__ += ["ODELikelihood", "VariationalDequantizer", "dequantization_log_prob", "dsm_bound",
+            "eps_correction_sample", "ode_log_prob", "train_variational_dequantizer"]

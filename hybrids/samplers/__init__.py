@@ -1,0 +1,3 @@
+from hybrids.samplers.walk_jump import walk_jump
+from hybrids.samplers.ode import ODESample, ode_sample  # noqa: E402
+from hybrids.samplers.langevin import ar_langevin_sample, langevin_sample  # noqa: E402

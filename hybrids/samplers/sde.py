@@ -12,7 +12,10 @@ Predictors (h > 0 steps backwards in time, z ~ N(0, I)):
 
 Corrector ``langevin`` (n steps at fixed t): eps = 2 a (snr ||z|| / ||s||)^2 per example,
 x <- x + eps s(x, t) + sqrt(2 eps) z, with a = ``sde.langevin_alpha(t, h)`` (1 for VE,
-1 - beta(t) h for VP and subVP) and norms over all but the batch dimension.
+1 - beta(t) h for VP and subVP) and norms over all but the batch dimension. Because the step
+depends on the state (and on the step's own z), the corrector alone keeps p ||s||^2 rather than p
+invariant in the small-step limit: an O(1/D) variance inflation, negligible for images but a
+factor of about 2 in 2-D (score_sde averages the norms over the batch instead).
 
 With ``denoise=True`` the last predictor step returns its mean (no noise is added), which is
 score_sde's final denoising step. The sampler is free of gin; gin-configurable hooks wrap it.

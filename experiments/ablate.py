@@ -1,0 +1,275 @@
+r"""Run a grid of gin bindings over one configuration: one workdir and one run per cell.
+
+Usage::
+
+    python -m experiments.ablate --gin_file=ncml_vp.gin [--gin_file=presets/cpu_small.gin] \
+        --grid='{"NCML.sde": ["@VESDE()", "@VPSDE()"], "Trainer.lr": [1e-3, 2e-4]}' \
+        --workdir=runs/ablate_ncml --mode=all [--device=cpu] [--data_dir=DIR]
+
+The grid is the product of the binding lists (in the order given; the last key varies fastest).
+Values are JSON: numbers, booleans, null, lists, and strings; a string that starts with ``@`` or
+``%`` is a gin reference and is written as is, any other string becomes a quoted gin string.
+Cell i runs ``python -m experiments.run`` in ``WORKDIR/<i>_<bindings>`` (a subprocess per cell
+keeps gin state apart; ``--in_process`` calls the same ``run_experiment`` in this process instead).
+A cell whose ``results.json`` records every stage of the mode is skipped, so an interrupted grid
+resumes; a failing cell is recorded with its error and the grid goes on.
+``WORKDIR/summary.csv`` and ``WORKDIR/summary.md`` hold one row per cell: bindings, status, error
+and the flattened scalar results. The exit status is 1 when a cell failed.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import os
+import re
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+import gin
+from absl import app, flags
+
+from experiments.runner import (
+    MODE_STAGES,
+    MODES,
+    REPO_ROOT,
+    RESULTS_FILE,
+    parse_gin,
+    resolve_gin_file,
+    run_experiment,
+)
+from hybrids.io import atomic_write_text, read_json
+
+flags.DEFINE_multi_string("gin_file", [], "Gin file(s) of the row (names under gin/ or paths).")
+flags.DEFINE_multi_string("gin_bindings", [], "Bindings shared by every cell.")
+flags.DEFINE_string("grid", None, 'JSON object {"Configurable.param": [value, ...], ...}.')
+flags.DEFINE_string("workdir", None, "Parent directory of the cells' workdirs.")
+flags.DEFINE_string("mode", "all", f"Mode of every cell: {', '.join(MODES)}.")
+flags.DEFINE_string("device", "cpu", "cpu, cuda or cuda:N.")
+flags.DEFINE_string("data_dir", None, "Dataset directory passed to each cell.")
+flags.DEFINE_bool("in_process", False, "Run the cells in this process (faster) instead of a subprocess each.")
+FLAGS = flags.FLAGS
+
+
+def to_gin_literal(value: Any) -> str:
+    """Write a JSON value as a gin literal (``@``/``%`` strings are references, kept as is)."""
+    if isinstance(value, str):
+        return value if value.startswith(("@", "%")) else repr(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(to_gin_literal(v) for v in value) + "]"
+    raise TypeError(f"grid values must be JSON numbers, strings, booleans, null or lists; got {value!r}.")
+
+
+def parse_grid(grid: str | dict[str, list]) -> dict[str, list]:
+    """Parse and check a grid: a non-empty JSON object mapping binding keys to non-empty lists.
+
+    Raises:
+        ValueError: naming what is wrong.
+    """
+    if isinstance(grid, str):
+        try:
+            grid = json.loads(grid)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--grid is not valid JSON ({err}); example: "
+                             '\'{"Trainer.lr": [1e-3, 2e-4]}\'') from err
+    if not isinstance(grid, dict) or not grid:
+        raise ValueError('--grid must be a non-empty JSON object such as {"Trainer.lr": [1e-3, 2e-4]}.')
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"grid entry {key!r} must be a non-empty list of values; got {values!r}.")
+    return grid
+
+
+def grid_cells(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """The product of the binding lists, as a list of ``{key: value}`` dicts."""
+    keys = list(grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+
+
+def cell_bindings(cell: dict[str, Any]) -> list[str]:
+    """Gin binding strings of one cell, e.g. ``['Trainer.lr = 0.001']``."""
+    return [f"{key} = {to_gin_literal(value)}" for key, value in cell.items()]
+
+
+def cell_name(index: int, cell: dict[str, Any]) -> str:
+    """Directory name ``<index>_<key>=<value>_...`` with unsafe characters replaced by ``_``."""
+    text = "__".join(f"{key}={to_gin_literal(value)}" for key, value in cell.items())
+    text = re.sub(r"[^A-Za-z0-9.=+-]+", "_", text).strip("_")[:100]
+    return f"{index:03d}_{text}"
+
+
+def cell_done(workdir: Path, mode: str) -> bool:
+    """True when ``workdir/results.json`` records every stage of ``mode``."""
+    path = workdir / RESULTS_FILE
+    if not path.exists():
+        return False
+    try:
+        done = set(read_json(path).get("stages_completed", []))
+    except (json.JSONDecodeError, OSError):
+        return False
+    return set(MODE_STAGES[mode]) <= done
+
+
+def flatten_results(results: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Scalar leaves of nested results as ``{"evaluator.key": value}`` (lists are left out)."""
+    flat: dict[str, Any] = {}
+    for key, value in results.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_results(value, name + "."))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[name] = value
+    return flat
+
+
+def _last_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["(no output)"])[-1][:500]
+
+
+def run_cell(gin_files: Sequence[Path], bindings: Sequence[str], workdir: Path, mode: str,
+             device: str, data_dir: str | None) -> tuple[int, str]:
+    """Run one cell with ``python -m experiments.run`` in a subprocess.
+
+    Returns:
+        ``(returncode, stderr)``; the output is also kept in ``workdir/run.log``.
+    """
+    cmd = [sys.executable, "-m", "experiments.run", f"--workdir={workdir}", f"--mode={mode}",
+           f"--device={device}"]
+    cmd += [f"--gin_file={p}" for p in gin_files]
+    cmd += [f"--gin_bindings={b}" for b in bindings]
+    if data_dir:
+        cmd.append(f"--data_dir={data_dir}")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    workdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(workdir / "run.log", f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
+    return proc.returncode, proc.stderr
+
+
+def run_cell_in_process(gin_files: Sequence[Path], bindings: Sequence[str], workdir: Path, mode: str,
+                        device: str, data_dir: str | None) -> tuple[int, str]:
+    """Run one cell with :func:`experiments.runner.run_experiment` in this process (gin is cleared
+    before and after; faster, but a crash or a leak in one cell affects the others).
+
+    Returns:
+        ``(0, "")`` or ``(1, "error: <type>: <message>")``; the error is also kept in ``run.log``.
+    """
+    gin.clear_config()
+    try:
+        run_experiment([str(p) for p in gin_files], bindings, workdir=workdir, mode=mode,
+                       data_dir=data_dir, device=device)
+    except Exception as err:  # noqa: BLE001 -- a failing cell is recorded, the grid goes on
+        message = f"error: {type(err).__name__}: {err}".replace("\n", " ")
+        workdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(workdir / "run.log", traceback.format_exc() + message + "\n")
+        return 1, message
+    finally:
+        gin.clear_config()
+    return 0, ""
+
+
+def write_summary(workdir: Path, grid: dict[str, list], rows: list[dict[str, Any]]) -> None:
+    """Write ``summary.csv`` and ``summary.md`` (one row per cell)."""
+    result_keys = sorted({k for row in rows for k in row["results"]})
+    header = ["cell", *grid, "status", "error", *result_keys]
+    table = [[row["cell"], *(to_gin_literal(row["bindings"][k]) for k in grid), row["status"],
+              row["error"], *(row["results"].get(k, "") for k in result_keys)] for row in rows]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(table)
+    atomic_write_text(workdir / "summary.csv", buf.getvalue())
+
+    def cell(value: Any) -> str:
+        text = f"{value:.6g}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    md = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    md += ["| " + " | ".join(cell(v) for v in line) + " |" for line in table]
+    atomic_write_text(workdir / "summary.md", "\n".join(md) + "\n")
+
+
+def run_grid(gin_files: Sequence[str], grid: str | dict[str, list], workdir: str | os.PathLike, *,
+             gin_bindings: Sequence[str] = (), mode: str = "all", device: str = "cpu",
+             data_dir: str | None = None, in_process: bool = False) -> list[dict[str, Any]]:
+    """Run (or resume) every cell of the grid; see the module docstring.
+
+    Args:
+        gin_files: the row's gin files (names under ``gin/`` or paths).
+        grid: JSON text or a dict ``{binding key: [values]}``.
+        workdir: parent of the cells' workdirs; gets ``summary.csv`` and ``summary.md``.
+        gin_bindings: bindings shared by every cell (applied before the cell's own).
+        mode: mode of every cell.
+        device: device of every cell.
+        data_dir: dataset directory.
+        in_process: run cells in this process instead of one subprocess each.
+
+    Returns:
+        One dict per cell: ``cell``, ``bindings``, ``status`` ('done', 'skipped' or 'failed'),
+        ``error`` and flattened ``results``.
+
+    Raises:
+        ValueError: bad grid, mode or gin file, or bindings that gin rejects (checked on the first
+            cell before anything runs).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+    grid = parse_grid(grid)
+    paths = [resolve_gin_file(name) for name in gin_files]
+    cells = grid_cells(grid)
+    # Fail at once on a misspelt key rather than once per cell (gin state is cleared after).
+    try:
+        parse_gin([str(p) for p in paths], [*gin_bindings, *cell_bindings(cells[0])])
+    finally:
+        gin.clear_config()
+    root = Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for index, cell in enumerate(cells):
+        cell_dir = root / cell_name(index, cell)
+        status, error = "skipped", ""
+        if not cell_done(cell_dir, mode):
+            runner = run_cell_in_process if in_process else run_cell
+            code, stderr = runner(paths, [*gin_bindings, *cell_bindings(cell)], cell_dir, mode, device, data_dir)
+            status = "done" if code == 0 else "failed"
+            error = "" if code == 0 else _last_error_line(stderr)
+        results_path = cell_dir / RESULTS_FILE
+        results = read_json(results_path).get("results", {}) if results_path.exists() and status != "failed" else {}
+        rows.append({"cell": cell_dir.name, "bindings": cell, "status": status, "error": error,
+                     "results": flatten_results(results)})
+        print(f"[{index + 1}/{len(cells)}] {cell_dir.name}: {status}" + (f" -- {error}" if error else ""),
+              flush=True)
+        write_summary(root, grid, rows)
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not FLAGS.grid or not FLAGS.workdir:
+        raise app.UsageError("--grid and --workdir are required.")
+    try:
+        rows = run_grid(FLAGS.gin_file, FLAGS.grid, FLAGS.workdir, gin_bindings=FLAGS.gin_bindings,
+                        mode=FLAGS.mode, device=FLAGS.device, data_dir=FLAGS.data_dir,
+                        in_process=FLAGS.in_process)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    failed = [row for row in rows if row["status"] == "failed"]
+    print(f"summary: {Path(FLAGS.workdir) / 'summary.md'}; {len(rows) - len(failed)} of {len(rows)} cells ok")
+    if failed:
+        print("failed cells:\n" + "\n".join(f"  {r['cell']}: {r['error']}" for r in failed), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,161 @@
+"""The source papers' tables as data: rows (gin row files), columns (results keys), paper values.
+
+A column's ``key`` is a flattened ``results.json`` key, ``<hook name>.<key>[.<subkey>]`` (see
+``experiments.ablate.flatten_results``). Paper values are copied from the papers (via
+../shared/METHODS.md where the extracts lost them); ``None`` where the extract does not have them.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# scale -> (preset gin files appended to every row, extra bindings by table name or '*')
+SCALES: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
+    "smoke": (("presets/smoke.gin",), {}),
+    "small": (("presets/mnist_small.gin",), {}),
+    "paper": ((), {}),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One reported quantity: ``name`` in the table, ``key`` in the flattened results."""
+
+    name: str
+    key: str
+
+
+@dataclass(frozen=True)
+class Row:
+    """One paper row: its gin row file(s), extra bindings and the paper's values by column name."""
+
+    label: str
+    gin_files: tuple[str, ...]
+    bindings: tuple[str, ...] = ()
+    paper: tuple[tuple[str, float | None], ...] = ()
+
+    @property
+    def slug(self) -> str:
+        """Directory name of the row's workdir."""
+        return re.sub(r"[^A-Za-z0-9.+-]+", "_", self.label).strip("_").lower()
+
+    def command(self, scale: str) -> str:
+        """The ``experiments.run`` command that produces this row at ``scale``."""
+        files = [*self.gin_files, *SCALES[scale][0]]
+        parts = ["python -m experiments.run", *(f"--gin_file={f}" for f in files)]
+        parts += [f"--gin_bindings='{b}'" for b in self.bindings]
+        return " ".join(parts + [f"--workdir=runs/{self.slug}", "--mode=all"])
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    title: str
+    source: str
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]
+    notes: tuple[str, ...] = field(default=())
+
+
+_NCML_COLUMNS = (
+    Column("NLL pi=0 (bpd)", "ncml_pi_eval.bpd_pi_0.0"),
+    Column("NLL pi=0.5 (bpd)", "ncml_pi_eval.bpd_pi_0.5"),
+    Column("NLL pi=1 (bpd)", "ncml_pi_eval.bpd_pi_1.0"),
+    Column("degradation pi 0->1 (bpd)", "ncml_pi_eval.degradation"),
+)
+
+
+def _ncml(label: str, gin: str, nll: tuple[float, float, float]) -> Row:
+    names = [c.name for c in _NCML_COLUMNS]
+    return Row(label, (gin,), paper=tuple(zip(names, (*nll, round(nll[2] - nll[0], 2)))))
+
+
+NCML_TABLE1 = Table(
+    name="ncml_table1",
+    title="NCML Table 1: robustness of the likelihood to pi-perturbations (CIFAR-10 in the paper)",
+    source="papers/000 (NCML), Table 1; METHODS.md section 6",
+    columns=_NCML_COLUMNS,
+    rows=(
+        _ncml("PixelCNN++ (MLE)", "pixelcnnpp_mle.gin", (2.92, 3.84, 4.01)),
+        _ncml("NCPN (NCML-VE)", "ncml_ve.gin", (2.90, 3.77, 3.98)),
+        _ncml("NCPN (NCML-subVP)", "ncml_subvp.gin", (2.95, 3.69, 3.94)),
+        _ncml("NCPN (NCML-VP)", "ncml_vp.gin", (3.42, 3.65, 3.91)),
+    ),
+    notes=(
+        "Paper FIDs (CIFAR-10, Inception): PixelCNN++ 55.72, NCML-VE 32.71, NCML-subVP 23.42, "
+        "NCML-VP 13.50 (12.09 in a later version). The paper's finding: NCML models degrade less "
+        "from pi = 0 to pi = 1 than PixelCNN++.",
+    ),
+)
+
+_SF_COLUMNS = (
+    Column("bound (bpd)", "scoreflow_likelihood_eval.bound_bpd.mean"),
+    Column("bound s.e.", "scoreflow_likelihood_eval.bound_bpd.se"),
+    Column("ODE NLL (bpd)", "scoreflow_likelihood_eval.ode_bpd.mean"),
+    Column("ODE s.e.", "scoreflow_likelihood_eval.ode_bpd.se"),
+    Column("ODE NFE", "scoreflow_likelihood_eval.ode_nfe_mean"),
+)
+
+SCOREFLOW_TABLE2 = Table(
+    name="scoreflow_table2",
+    title="ScoreFlow Table 2: bound and ODE likelihood by SDE and weighting",
+    source="papers/002 (ScoreFlow), Table 2 (its numbers are lost from the extract) and Table 3",
+    columns=_SF_COLUMNS,
+    rows=tuple(
+        Row(f"{sde} {weighting}", (f"scoreflow_{sde.lower()}_{weighting.replace(' + ', '_').replace('-', '_')}.gin",))
+        for sde in ("VP", "subVP")
+        for weighting in ("original", "likelihood", "likelihood_is")
+    ) + (
+        Row("VP likelihood_is + vardeq", ("scoreflow_vp_likelihood_is_vardeq.gin",),
+            paper=(("ODE NLL (bpd)", 2.83),)),
+    ),
+    notes=(
+        "Relations papers/002 reports on CIFAR-10 and ImageNet 32: with only the weighting changed, a "
+        "lower bound goes with a lower ODE NLL; likelihood weighting + importance sampling improves "
+        "both; NLL_ODE <= bound. 2.83 bpd is the Table 3 ScoreFlow (variational dequantization, no "
+        "flipping). 95% intervals are +-1.96 s.e. over test examples. The bound uses the eps correction, the ODE does not (as the paper).",
+    ),
+)
+
+ARCSM_TABLE = Table(
+    name="arcsm",
+    title="AR-CSM: denoising and anomaly detection against MLE baselines",
+    source="papers/001 (AR-CSM); the extract has no numbers for these experiments",
+    columns=(
+        Column("PSNR noisy (dB)", "arcsm_denoise_eval.psnr_noisy"),
+        Column("PSNR denoised (dB)", "arcsm_denoise_eval.psnr_denoised"),
+        Column("AUROC noise", "arcsm_anomaly_eval.auroc_uniform_noise"),
+        Column("AUROC inverted", "arcsm_anomaly_eval.auroc_inverted"),
+        Column("AUROC flipped", "arcsm_anomaly_eval.auroc_flipped"),
+    ),
+    rows=(
+        Row("AR-CSM MADE", ("arcsm_made_mnist.gin",)),
+        Row("AR-CSM PixelCNN++", ("arcsm_pixelcnnpp_mnist.gin",)),
+        Row("MADE MLE Gaussian", ("made_mle_gaussian_mnist.gin",)),
+        Row("MADE MLE logistic mixture", ("made_mle_logistic_mnist.gin",)),
+    ),
+    notes=(
+        "Denoising: single step xhat = y + sigma^2 s(y) with the model trained at sigma (an "
+        "approximation to Tweedie's formula). Anomaly score: ||s(x)||_2 (higher = more anomalous).",
+    ),
+)
+
+GPS_TABLE = Table(
+    name="gps",
+    title="Walk-jump sampling: chain mixing against friction, and condition numbers",
+    source="papers/004 (GPS / M-densities); paper FID 14.15 on CIFAR-10 with one noise level",
+    columns=(
+        Column("classes visited per chain", "walk_jump_class_eval.mean_classes_visited"),
+        Column("class switches per chain", "walk_jump_class_eval.mean_switches"),
+    ),
+    rows=tuple(
+        Row(f"friction {f}", ("walkjump_mnist.gin",), bindings=(f"FRICTION = {f}",))
+        for f in (0.25, 0.5, 1.0, 2.0)
+    ),
+    notes=(
+        "friction is the effective gamma * delta of the A-B-O-B-A walk (delta = sigma / 2). "
+        "Classes are counted with the library's domain classifier (not Inception).",
+    ),
+)
+
+TABLES = {t.name: t for t in (NCML_TABLE1, SCOREFLOW_TABLE2, ARCSM_TABLE, GPS_TABLE)}

@@ -1,0 +1,353 @@
+"""MADE (masked autoencoder for distribution estimation, Germain et al. 2015) for AR-CSM and MLE.
+
+Natural variable order x_1, ..., x_D. Images ``[B, C, H, W]`` are flattened with
+``x.reshape(B, -1)`` (raster order for C = 1) and results are returned in the input's shape.
+
+* :class:`MADE`: masked MLP giving causal features c_d ``[B, D, F]``; c_d depends on x_<d only.
+* :class:`MADEConditionalScore`: AR-CSM (papers/001, METHODS.md section 7), s_d = h(x_d, c_d).
+* :class:`MADEDensity`: the maximum-likelihood baselines (Gaussian or logistic-mixture
+  conditionals) with continuous ``log_prob`` and ``discrete_log_prob``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import gin
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hybrids.distributions import (
+    discretized_logistic_mixture_log_prob,
+    logistic_mixture_log_prob,
+    sample_logistic_mixture,
+)
+from hybrids.models.base import NoiseConditionalModel, check_time
+from hybrids.models.heads import (
+    AR_CSM_SCORE_MESSAGE,
+    ConditionalScoreHead,
+    diagonal_conditional_scores,
+    smooth_activation,
+)
+from hybrids.sdes import SDE
+
+
+class MaskedLinear(nn.Linear):
+    """y = x (W * M)^T + b with a fixed binary mask M ``[out, in]``."""
+
+    def __init__(self, mask: Tensor, bias: bool = True):
+        super().__init__(mask.shape[1], mask.shape[0], bias=bias)
+        self.register_buffer("mask", mask.to(self.weight.dtype))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class MADE(nn.Module):
+    """Masked MLP whose output group d (F features) depends only on x_<d.
+
+    Degrees: input d has degree d + 1 (d = 0..D-1), hidden units cycle through 1..D-1, and output
+    group d has degree d + 1. A hidden unit of degree m sees inputs of degree <= m; output group d
+    sees hidden units of degree <= d and, through a direct masked linear path, inputs x_j, j < d.
+    c_0 is therefore a learned constant.
+
+    Args:
+        dim: D.
+        out_features: F, features per position.
+        hidden: hidden widths.
+        activation: 'softplus', 'elu' or 'silu'.
+        time_embedding: if True, t ``[B]`` enters every hidden layer through a linear map of t
+            (t itself is embedded, so t = 0 is well defined).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        out_features: int,
+        hidden: Sequence[int] = (256, 256),
+        activation: str = "softplus",
+        time_embedding: bool = False,
+    ):
+        super().__init__()
+        if dim < 1 or out_features < 1 or any(h < 1 for h in hidden):
+            raise ValueError(
+                f"MADE needs dim >= 1, out_features >= 1 and positive hidden widths; got "
+                f"dim={dim}, out_features={out_features}, hidden={tuple(hidden)}"
+            )
+        self.dim, self.out_features = dim, out_features
+        deg_in = torch.arange(1, dim + 1)
+        deg_out = torch.arange(1, dim + 1).repeat_interleave(out_features)
+        degrees = [deg_in] + [torch.arange(h) % max(dim - 1, 1) + 1 for h in hidden]
+        self.layers = nn.ModuleList(
+            MaskedLinear((d_next[:, None] >= d_prev[None, :]).long())
+            for d_prev, d_next in zip(degrees[:-1], degrees[1:])
+        )
+        self.output = MaskedLinear((deg_out[:, None] > degrees[-1][None, :]).long())
+        self.direct = MaskedLinear((deg_out[:, None] > deg_in[None, :]).long(), bias=False)
+        self.act = smooth_activation(activation)
+        self.time_layers = (
+            nn.ModuleList(nn.Linear(1, h) for h in hidden) if time_embedding else None
+        )
+
+    def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        """Causal features.
+
+        Args:
+            x: ``[B, D]``.
+            t: ``[B]`` times (required iff the MADE has a time embedding).
+
+        Returns:
+            ``[B, D, F]``; entry d depends on x_<d (and t) only.
+        """
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"MADE expects x of shape [B, {self.dim}], got {tuple(x.shape)}")
+        if (self.time_layers is None) != (t is None):
+            raise ValueError(
+                "pass t exactly when the model is noise conditional "
+                f"(time embedding {'on' if self.time_layers is not None else 'off'}, "
+                f"got t={'None' if t is None else 'a tensor'})"
+            )
+        h = x
+        for i, layer in enumerate(self.layers):
+            pre = layer(h)
+            if self.time_layers is not None:
+                pre = pre + self.time_layers[i](check_time(x, t)[:, None])
+            h = self.act(pre)
+        out = self.output(h) + self.direct(x)
+        return out.reshape(x.shape[0], self.dim, self.out_features)
+
+
+def _flatten(x: Tensor, dim: int) -> Tensor:
+    """``[B, D]`` or ``[B, C, H, W]`` with C H W = D -> ``[B, D]``."""
+    if x.ndim < 2 or math.prod(x.shape[1:]) != dim:
+        raise ValueError(
+            f"expected x of shape [B, {dim}] or an image [B, C, H, W] with C*H*W = {dim}; "
+            f"got {tuple(x.shape)}"
+        )
+    return x.reshape(x.shape[0], dim)
+
+
+@gin.configurable(module="hybrids.models")
+class MADEConditionalScore(NoiseConditionalModel):
+    """AR-CSM on MADE: s_d(x) = h(x_d, c_d) with c = MADE(x), the head h shared over positions.
+
+    ``conditional_scores`` returns s_d and ds_d/dx_d for all d from one forward and one backward
+    pass (see ``hybrids.models.heads.diagonal_conditional_scores``). The joint score is not
+    available (``score`` raises).
+
+    Args:
+        dim: D (784 for MNIST images, 2 for toys).
+        hidden: MADE hidden widths.
+        context_features: F, width of c_d.
+        head_hidden: hidden widths of h.
+        activation: 'softplus', 'elu' or 'silu' (smooth; used in MADE and h).
+        noise_conditional: if True the MADE embeds t, and ``conditional_scores`` needs t.
+        sde: optional SDE of a noise-conditional model; when given, s is divided by the marginal
+            std sigma(t) (the usual score preconditioning, which leaves the head's output O(1)).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        hidden: Sequence[int] = (256, 256),
+        context_features: int = 16,
+        head_hidden: Sequence[int] = (64, 64),
+        activation: str = "softplus",
+        noise_conditional: bool = False,
+        sde: SDE | None = None,
+    ):
+        super().__init__()
+        if sde is not None and not noise_conditional:
+            raise ValueError("an sde is only used by a noise_conditional model; set both or neither")
+        self.dim = dim
+        self.noise_conditional = noise_conditional
+        self.sde = sde
+        self.made = MADE(dim, context_features, hidden, activation, time_embedding=noise_conditional)
+        self.score_head = ConditionalScoreHead(context_features, head_hidden, activation)
+
+    def _time(self, x: Tensor, t: Tensor | None) -> Tensor | None:
+        if not self.noise_conditional:
+            return None
+        if t is None:
+            raise ValueError("this MADEConditionalScore is noise conditional: pass t [B]")
+        return check_time(x, t)
+
+    def context(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        """Causal contexts c ``[B, D, F]`` of x ``[B, D]`` (or an image); c_d depends on x_<d."""
+        x = _flatten(x, self.dim)
+        return self.made(x, self._time(x, t))
+
+    def head(self, x_d: Tensor, c: Tensor, t: Tensor | None = None) -> Tensor:
+        """s_d = h(x_d, c_d) for x_d ``[B, K]`` and c ``[B, K, F]``; returns ``[B, K]``."""
+        s = self.score_head(x_d, c)
+        if self.sde is not None:
+            s = s / self.sde.marginal_coefs(self._time(x_d, t)).std[:, None]
+        return s
+
+    def conditional_scores(
+        self, x: Tensor, t: Tensor | None = None, *, create_graph: bool | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Univariate conditional scores and their diagonal derivatives.
+
+        Args:
+            x: ``[B, D]`` or ``[B, C, H, W]`` (flattened in raster order).
+            t: ``[B]`` times for a noise-conditional model, else None.
+            create_graph: keep the graph of ds/dx (None: when grad mode is on).
+
+        Returns:
+            ``(s, ds_dx)`` shaped like x: s_d = h(x_d, c_d), ds_dx_d = dh/dx_d.
+        """
+        x_flat = _flatten(x, self.dim)
+        c = self.context(x_flat, t)
+        s, ds = diagonal_conditional_scores(
+            lambda v: self.head(v, c, t), x_flat, create_graph=create_graph
+        )
+        return s.reshape(x.shape), ds.reshape(x.shape)
+
+    def score(self, x: Tensor, t: Tensor | None = None, **kwargs) -> Tensor:
+        """Not available for AR-CSM; see :meth:`conditional_scores`."""
+        raise NotImplementedError(AR_CSM_SCORE_MESSAGE.format(name=type(self).__name__))
+
+
+def _log_gaussian_bin_mass(mu: Tensor, log_sigma: Tensor, k: Tensor, num_levels: int) -> Tensor:
+    """log of the N(mu, sigma^2) mass of bin k: [c_k - delta, c_k + delta], end bins open.
+
+    c_k = 2k/(K-1) - 1, delta = 1/(K-1) (METHODS.md section 2). The difference of normal CDFs is
+    taken on the side of the mean where both tails are small (reflection about mu) in log space,
+    which keeps far-tail masses accurate without a density fallback.
+
+    Args:
+        mu, log_sigma: ``[B, D]``.
+        k: ``[B, D]`` int64 levels.
+        num_levels: K.
+
+    Returns:
+        ``[B, D]`` log-masses (the K masses of each position sum to 1).
+    """
+    centre = 2.0 * k.to(mu.dtype) / (num_levels - 1) - 1.0
+    delta = 1.0 / (num_levels - 1)
+    inv_sigma = torch.exp(-log_sigma)
+    inf = torch.full_like(mu, math.inf)
+    lo = torch.where(k == 0, -inf, (centre - delta - mu) * inv_sigma)
+    hi = torch.where(k == num_levels - 1, inf, (centre + delta - mu) * inv_sigma)
+    flip = (lo + hi) > 0  # bin mostly above the mean: use Phi(-lo) - Phi(-hi)
+    a = torch.where(flip, -hi, lo)
+    b = torch.where(flip, -lo, hi)
+    log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
+    return log_b + torch.log(-torch.expm1((log_a - log_b).clamp(max=0.0)))
+
+
+def _as_image_params(p: Tensor) -> Tensor:
+    """``[B, D, 3n]`` -> ``[B, 3n, D, 1]``: the one-channel image layout of hybrids.distributions."""
+    return p.permute(0, 2, 1).unsqueeze(-1)
+
+
+@gin.configurable(module="hybrids.models")
+class MADEDensity(NoiseConditionalModel):
+    """Maximum-likelihood MADE baseline: normalised conditionals p(x_d | x_<d).
+
+    'gaussian': x_d | x_<d ~ N(mu_d, sigma_d^2); 'logistic_mixture': a mixture of ``nr_mix``
+    logistics. Both define a continuous density (``log_prob``, t ignored) and a discrete one
+    (``discrete_log_prob``): the mass of each bin [c_k - delta, c_k + delta] with open end bins,
+    c_k = 2k/(K-1) - 1 (METHODS.md section 2).
+
+    Args:
+        dim: D.
+        conditional: 'gaussian' or 'logistic_mixture'.
+        nr_mix: mixture components (logistic mixture only).
+        hidden: MADE hidden widths.
+        activation: MADE activation.
+        num_levels: K for ``discrete_log_prob``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        conditional: str = "gaussian",
+        nr_mix: int = 10,
+        hidden: Sequence[int] = (256, 256),
+        activation: str = "softplus",
+        num_levels: int = 256,
+    ):
+        super().__init__()
+        if conditional not in ("gaussian", "logistic_mixture"):
+            raise ValueError(
+                f"conditional must be 'gaussian' or 'logistic_mixture', got {conditional!r}"
+            )
+        self.dim, self.conditional, self.nr_mix, self.num_levels = dim, conditional, nr_mix, num_levels
+        features = 2 if conditional == "gaussian" else 3 * nr_mix
+        self.made = MADE(dim, features, hidden, activation)
+
+    def params(self, x: Tensor) -> Tensor:
+        """Per-position parameters ``[B, D, P]`` of p(x_d | x_<d) for x ``[B, D]``."""
+        return self.made(x)
+
+    def log_prob(self, x: Tensor, t: Tensor | None = None) -> Tensor:
+        """Continuous log-density ``[B]`` (nats) of x ``[B, D]`` or an image; t is ignored."""
+        x = _flatten(x, self.dim)
+        p = self.params(x)
+        if self.conditional == "gaussian":
+            mu, log_sigma = p.unbind(-1)
+            z = (x - mu) * torch.exp(-log_sigma)
+            lp = -0.5 * z**2 - log_sigma - 0.5 * math.log(2 * math.pi)
+            return lp.sum(-1)
+        return logistic_mixture_log_prob(_as_image_params(p), x[:, None, :, None])
+
+    def discrete_log_prob(self, k: Tensor) -> Tensor:
+        """log P(k) ``[B]`` (nats) of integer levels ``[B, D]`` or ``[B, C, H, W]``.
+
+        The conditioning values are the bin centres c_k = 2k/(K-1) - 1 of the preceding levels.
+        """
+        if k.dtype.is_floating_point:
+            raise TypeError(f"discrete_log_prob expects integer levels, got dtype {k.dtype}")
+        if k.min() < 0 or k.max() >= self.num_levels:
+            raise ValueError(f"levels must lie in [0, {self.num_levels - 1}]")
+        k = _flatten(k, self.dim)
+        dtype = next(self.parameters()).dtype
+        x = 2.0 * k.to(dtype) / (self.num_levels - 1) - 1.0
+        p = self.params(x)
+        if self.conditional == "gaussian":
+            mu, log_sigma = p.unbind(-1)
+            return _log_gaussian_bin_mass(mu, log_sigma, k, self.num_levels).sum(-1)
+        return discretized_logistic_mixture_log_prob(
+            _as_image_params(p), k[:, None, :, None], self.num_levels
+        )
+
+    @torch.no_grad()
+    def sample(
+        self, num_samples: int, generator: torch.Generator | None = None, *, discrete: bool = True
+    ) -> Tensor:
+        """Ancestral samples, one MADE pass per dimension.
+
+        Continuous: x_d ~ p(x_d | x_<d). Discrete: x_d is drawn from the continuous conditional
+        and mapped to its bin k_d = round((x_d + 1)(K - 1) / 2) (clamped), which draws k_d from
+        exactly the bin masses of ``discrete_log_prob``; later positions condition on the bin
+        centre c_k, as ``discrete_log_prob`` does.
+
+        Args:
+            num_samples: N.
+            generator: random source.
+            discrete: return int64 levels (else float model-space values).
+
+        Returns:
+            ``[N, D]`` int64 levels in {0..K-1} or floats.
+        """
+        param = next(self.parameters())
+        x = torch.zeros(num_samples, self.dim, dtype=param.dtype, device=param.device)
+        dev = generator.device if generator is not None else param.device
+        for d in range(self.dim):
+            p = self.params(x)[:, d]
+            if self.conditional == "gaussian":
+                z = torch.randn(num_samples, generator=generator, dtype=x.dtype, device=dev)
+                x_d = p[:, 0] + torch.exp(p[:, 1]) * z.to(x.device)
+            else:
+                x_d = sample_logistic_mixture(p[:, :, None, None], generator, num_channels=1)
+                x_d = x_d.reshape(num_samples)
+            if discrete:
+                k_d = torch.round((x_d + 1) * (self.num_levels - 1) / 2).clamp(0, self.num_levels - 1)
+                x_d = 2 * k_d / (self.num_levels - 1) - 1
+            x[:, d] = x_d
+        if discrete:
+            return torch.round((x + 1) * (self.num_levels - 1) / 2).long()
+        return x

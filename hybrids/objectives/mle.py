@@ -1,0 +1,74 @@
+"""Maximum likelihood on clean data (PixelCNN++ baseline of NCML, papers/000 Table 1).
+
+Integer data: loss = mean_b -log P_theta(k_b) / (D ln 2), bits per dimension of the discrete
+likelihood (METHODS.md section 1). Continuous data (``num_levels=None``, e.g. 2-D toys):
+loss = mean_b -log p_theta(x_b | t = 0) / (D ln 2), bits per dimension of the density (no offset).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gin
+import torch
+from torch import Tensor, nn
+
+from hybrids.data import check_levels
+
+
+def batch_data(batch: Any) -> Tensor:
+    """The data tensor of a batch: the batch itself or the first item of a tuple/list."""
+    data = batch[0] if isinstance(batch, (tuple, list)) else batch
+    if not isinstance(data, Tensor):
+        raise TypeError(f"batch must be a Tensor or a tuple/list whose first item is one; got {type(data).__name__}.")
+    if data.ndim < 2:
+        raise ValueError(f"data must have a batch dimension first, [B, ...]; got shape {tuple(data.shape)}.")
+    return data
+
+
+def check_data(data: Tensor, num_levels: int | None) -> None:
+    """Integer levels in {0..K-1} when ``num_levels`` is set, floating data when it is None."""
+    if num_levels is None:
+        if not data.is_floating_point():
+            raise TypeError(
+                f"num_levels=None means continuous data, but the batch has dtype {data.dtype}; "
+                "set the objective's num_levels to the dataset's number of levels for integer data."
+            )
+    else:
+        if data.is_floating_point():
+            raise TypeError(
+                f"num_levels={num_levels} expects integer levels, but the batch has dtype {data.dtype}; "
+                "set num_levels=None for continuous data."
+            )
+        check_levels(data, num_levels)
+
+
+@gin.configurable(module="hybrids.objectives")
+class MLE:
+    """Negative log-likelihood in bits per dimension.
+
+    Args:
+        num_levels: K of integer data scored by ``model.discrete_log_prob``; ``None`` for
+            continuous data scored by ``model.log_prob(x, t=0)``.
+
+    Call: ``objective(model, batch) -> (loss, metrics)`` with metrics ``bpd`` (= loss) and
+    ``nll_nats`` (mean -log p per example).
+    """
+
+    def __init__(self, num_levels: int | None = 256):
+        if num_levels is not None and (isinstance(num_levels, bool) or int(num_levels) != num_levels or num_levels < 2):
+            raise ValueError(f"num_levels must be an int >= 2 or None (continuous data); got {num_levels!r}.")
+        self.num_levels = None if num_levels is None else int(num_levels)
+
+    def __call__(self, model: nn.Module, batch: Any) -> tuple[Tensor, dict[str, float]]:
+        data = batch_data(batch)
+        check_data(data, self.num_levels)
+        num_dims = data[0].numel()
+        if self.num_levels is None:
+            t = torch.zeros(data.shape[0], dtype=data.dtype, device=data.device)
+            log_p = model.log_prob(data, t)
+        else:
+            log_p = model.discrete_log_prob(data)
+        nll = -log_p
+        loss = nll.mean() / (num_dims * math.log(2))
+        return loss, {"bpd": float(loss.detach()), "nll_nats": float(nll.detach().mean())}

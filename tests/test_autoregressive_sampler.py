@@ -1,0 +1,188 @@
+"""Ancestral sampling of logistic-mixture AR models (hybrids.samplers.autoregressive).
+
+* fast and naive give identical discrete samples (and continuous ones equal to rounding) for the
+  same generator, on tiny PixelCNN++ and NCPN (with attention), float64;
+* the row-prefix pass that ``fast`` uses equals the full pass on those rows;
+* with known conditionals the sample frequencies match the model's pmf (chi-square tests).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from scipy import stats
+from torch import nn
+
+from hybrids.distributions import discretized_logistic_mixture_log_prob, num_mixture_params
+from hybrids.models.pixelcnnpp import NCPN, PixelCNNpp
+from hybrids.samplers.autoregressive import _full_grid_positions, _row_prefix_params, ancestral_sample
+from hybrids.sdes import VESDE, VPSDE
+
+K = 17
+
+
+def _models():
+    torch.manual_seed(0)
+    small = dict(num_levels=K, nr_filters=8, nr_resnet=1, nr_logistic_mix=3, dropout=0.0)
+    return [
+        PixelCNNpp((1, 7, 5), **small).double().eval(),
+        NCPN((3, 6, 6), sde=VESDE(), **small).double().eval(),
+        NCPN((1, 5, 9), sde=VPSDE(), attention=("down",), **small).double().eval(),
+    ]
+
+
+MODELS = _models()
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: f"{type(m).__name__}{m.image_shape}")
+def test_row_prefix_pass_equals_full_pass(model):
+    x = torch.rand((2,) + model.image_shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
+    t = torch.full((2,), 0.05, dtype=torch.float64)
+    full = model(x, t)
+    height, width = model.image_shape[1:]
+    with _full_grid_positions(model, height, width):
+        for rows in range(1, height + 1):
+            part = _row_prefix_params(model, x[:, :, :rows], t)
+            assert torch.allclose(part, full[:, :, :rows], rtol=0, atol=1e-12), rows
+    # The patch is removed afterwards: the full pass is unchanged.
+    assert torch.equal(model(x, t), full)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: f"{type(m).__name__}{m.image_shape}")
+@pytest.mark.parametrize("t", [None, 0.02])
+def test_fast_equals_naive(model, t):
+    shape = (3,) + model.image_shape
+    g_naive = torch.Generator().manual_seed(5)
+    g_fast = torch.Generator().manual_seed(5)
+    naive = ancestral_sample(model, shape, t=t, generator=g_naive, method="naive")
+    fast = ancestral_sample(model, shape, t=t, generator=g_fast, method="fast")
+    assert torch.equal(g_naive.get_state(), g_fast.get_state())
+    if t is None:
+        assert naive.dtype == torch.int64 and naive.shape == shape
+        assert int(naive.min()) >= 0 and int(naive.max()) <= K - 1
+        assert torch.equal(naive, fast)
+    else:
+        assert naive.dtype == torch.float64
+        assert torch.allclose(naive, fast, rtol=0, atol=1e-10)
+    again = ancestral_sample(model, shape, t=t, generator=torch.Generator().manual_seed(5), method="fast")
+    assert torch.equal(again, fast)
+
+
+class FixedParams(nn.Module):
+    """Params that ignore the input: pixels are independent with a known pmf each."""
+
+    def __init__(self, params: torch.Tensor):
+        super().__init__()
+        self.params = nn.Parameter(params)
+        self.calls = 0
+
+    def forward(self, x, t=None):
+        self.calls += 1
+        return self.params.expand(x.shape[0], -1, -1, -1)
+
+
+class PreviousPixelMean(nn.Module):
+    """1 x 1 x 2 images, one logistic: pixel 0 ~ mean 0; pixel 1 has mean x_0 (fed-back centre)."""
+
+    def __init__(self, log_scale: float):
+        super().__init__()
+        self.log_scale = log_scale
+        self.dummy = nn.Parameter(torch.zeros((), dtype=torch.float64))
+
+    def forward(self, x, t=None):
+        b = x.shape[0]
+        params = torch.zeros(b, num_mixture_params(1, 1), 1, 2, dtype=x.dtype)
+        params[:, 1, 0, 1] = x[:, 0, 0, 0]  # mean of pixel 1 = value of pixel 0
+        params[:, 2] = self.log_scale
+        return params
+
+
+def _pixel_pmf(params: torch.Tensor, num_levels: int, pixel: tuple[int, int]) -> torch.Tensor:
+    """P(k), k = 0..K-1, at one pixel, from the library's discretized log-pmf."""
+    sub = params[:, :, pixel[0] : pixel[0] + 1, pixel[1] : pixel[1] + 1]
+    levels = torch.arange(num_levels).view(-1, 1, 1, 1)
+    return torch.exp(discretized_logistic_mixture_log_prob(sub.expand(num_levels, -1, -1, -1), levels, num_levels))
+
+
+def _chi2_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    n = float(counts.sum())
+    keep = probs * n >= 5  # pool rare cells so the chi-square approximation holds
+    obs = torch.cat([counts[keep], counts[~keep].sum().view(1)]).double()
+    exp = torch.cat([probs[keep], probs[~keep].sum().view(1)]).double() * n
+    if exp[-1] < 1e-9:
+        obs, exp = obs[:-1], exp[:-1]
+    return float(stats.chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue)
+
+
+@pytest.mark.parametrize("method", ["fast", "naive"])
+def test_independent_pixels_have_model_marginals(method):
+    num_levels, nr_mix = 6, 2
+    g = torch.Generator().manual_seed(0)
+    params = torch.randn(1, num_mixture_params(1, nr_mix), 2, 2, generator=g, dtype=torch.float64)
+    params[:, nr_mix : 2 * nr_mix] *= 0.6  # means inside [-1, 1]
+    params[:, 2 * nr_mix :] = params[:, 2 * nr_mix :] * 0.3 - 1.0  # log scales
+    model = FixedParams(params)
+    n = 3000
+    k = ancestral_sample(model, (n, 1, 2, 2), num_levels=num_levels, generator=g, method=method)
+    for i in range(2):
+        for j in range(2):
+            counts = torch.bincount(k[:, 0, i, j], minlength=num_levels)
+            probs = _pixel_pmf(params, num_levels, (i, j))
+            assert abs(float(probs.sum()) - 1) < 1e-9
+            assert _chi2_pvalue(counts, probs) > 1e-4
+
+
+def test_conditionals_use_fed_back_bin_centres():
+    num_levels = 5
+    model = PreviousPixelMean(log_scale=-1.5)
+    n = 4000
+    k = ancestral_sample(model, (n, 1, 1, 2), num_levels=num_levels, generator=torch.Generator().manual_seed(2))
+    centres = 2.0 * torch.arange(num_levels, dtype=torch.float64) / (num_levels - 1) - 1.0
+    base = torch.zeros(1, num_mixture_params(1, 1), 1, 1, dtype=torch.float64)
+    base[:, 2] = -1.5
+    p0 = _pixel_pmf(base, num_levels, (0, 0))
+    joint = torch.zeros(num_levels, num_levels, dtype=torch.float64)
+    for a in range(num_levels):
+        cond = base.clone()
+        cond[:, 1] = centres[a]
+        joint[a] = p0[a] * _pixel_pmf(cond, num_levels, (0, 0))
+    counts = torch.bincount(k[:, 0, 0, 0] * num_levels + k[:, 0, 0, 1], minlength=num_levels**2)
+    assert _chi2_pvalue(counts, joint.flatten()) > 1e-4
+    # A sampler that ignored the fed-back value (pixel 1 ~ p0) would fail the same test.
+    wrong = (p0[:, None] * p0[None, :]).flatten()
+    assert _chi2_pvalue(counts, wrong) < 1e-6
+
+
+def test_fast_reuses_params_when_inputs_do_not_change():
+    """All mass on level 0 (= the placeholder's level): fast needs 1 pass, naive one per pixel."""
+    params = torch.zeros(1, num_mixture_params(1, 1), 3, 4, dtype=torch.float64)
+    params[:, 1] = -30.0  # mean far below the first bin: P(k = 0) = 1
+    fast_model, naive_model = FixedParams(params), FixedParams(params)
+    a = ancestral_sample(fast_model, (2, 1, 3, 4), num_levels=K, generator=torch.Generator().manual_seed(0))
+    b = ancestral_sample(naive_model, (2, 1, 3, 4), num_levels=K, generator=torch.Generator().manual_seed(0),
+                         method="naive")
+    assert torch.equal(a, b) and int(a.max()) == 0
+    assert fast_model.calls == 1 and naive_model.calls == 12
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,match",
+    [
+        (dict(method="slow"), ValueError, "Unknown method"),
+        (dict(shape=(2, 8, 8)), ValueError, "shape"),
+        (dict(t=-0.1), ValueError, "t must be"),
+    ],
+)
+def test_bad_inputs(kwargs, exc, match):
+    args = dict(shape=(2,) + MODELS[0].image_shape)
+    args.update(kwargs)
+    shape = args.pop("shape")
+    with pytest.raises(exc, match=match):
+        ancestral_sample(MODELS[0], shape, **args)
+
+
+def test_discrete_needs_num_levels():
+    model = FixedParams(torch.zeros(1, num_mixture_params(1, 1), 2, 2))
+    with pytest.raises(ValueError, match="num_levels"):
+        ancestral_sample(model, (1, 1, 2, 2))

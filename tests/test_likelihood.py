@@ -1,0 +1,343 @@
+"""Probability-flow ODE likelihood, DSM bound and dequantization (METHODS.md sections 1 and 5)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hybrids.likelihood import (VariationalDequantizer, dequantization_log_prob, dsm_bound, ode_log_prob,
+                                train_variational_dequantizer)
+from hybrids.likelihood.ode import flow_and_divergence
+from hybrids.models.analytic import GaussianDataModel
+from hybrids.sdes import SubVPSDE, VESDE, VPSDE
+
+F64 = torch.float64
+SDES = [VESDE(), VPSDE(), SubVPSDE()]
+MEAN = torch.tensor([0.3, -0.2, 0.1], dtype=F64)
+VAR = torch.tensor([0.5, 0.1, 0.05], dtype=F64)
+
+
+def _t(v, n):
+    return torch.full((n,), v, dtype=F64)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=["ve", "vp", "subvp"])
+def test_exact_divergence_ode_matches_closed_form(sde):
+    model = GaussianDataModel(MEAN, VAR, sde)
+    eps = 1e-5
+    x = model.sample(4, eps, generator=torch.Generator().manual_seed(0))
+    res = ode_log_prob(model, sde, x, divergence="exact", eps=eps, rtol=1e-7, atol=1e-7)
+    exact_eps = model.log_prob(x, _t(eps, 4))
+    # The flow part: log p_eps(x) = log p_T(x_T) + int div F, with the exact p_T.
+    torch.testing.assert_close(res.delta_log_prob + model.log_prob(res.z, _t(sde.T, 4)), exact_eps, rtol=1e-4, atol=1e-6)
+    # The reported value uses the prior pi instead of p_T: differs by exactly log pi(z) - log p_T(z).
+    torch.testing.assert_close(res.log_prob - exact_eps, sde.prior_log_prob(res.z) - model.log_prob(res.z, _t(sde.T, 4)),
+                               rtol=1e-3, atol=1e-5)
+    assert res.nfe > 10 and res.log_prob.shape == (4,) and not res.log_prob.requires_grad
+
+
+class _FullCovGaussian:
+    """Exact score and log p_t of data N(mu, C) with a full covariance C (non-diagonal Jacobian)."""
+
+    def __init__(self, sde):
+        self.sde = sde
+        a = torch.tensor([[1.0, 0.6, 0.0], [0.0, 0.5, -0.4], [0.2, 0.0, 0.3]], dtype=F64)
+        self.mu, self.cov = MEAN, a @ a.T
+
+    def _params(self, t):
+        c = self.sde.marginal_coefs(t)
+        m, s2 = c.mean_coef[:, None, None], c.std[:, None, None] ** 2
+        return c.mean_coef[:, None] * self.mu, m**2 * self.cov + s2 * torch.eye(3, dtype=F64)
+
+    def score(self, x, t):
+        mean, cov = self._params(t)
+        return -torch.linalg.solve(cov, (x - mean)[..., None])[..., 0]
+
+    def log_prob(self, x, t):
+        mean, cov = self._params(t)
+        return torch.distributions.MultivariateNormal(mean, cov).log_prob(x)
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_hutchinson_divergence_unbiased(probe):
+    sde = VPSDE()
+    model = _FullCovGaussian(sde)
+    x = torch.tensor([[0.4, -0.1, 0.3]], dtype=F64).expand(4000, 3).clone().requires_grad_(True)
+    t = _t(0.3, 4000)
+    _, exact = flow_and_divergence(model.score, sde, x, t, probe=None, create_graph=False)
+    g = torch.Generator().manual_seed(1)
+    from hybrids.likelihood.ode import make_probe
+    _, est = flow_and_divergence(model.score, sde, x, t, probe=make_probe(x, probe, g), create_graph=False)
+    se = float(est.std() / math.sqrt(est.numel()))
+    assert se > 0 and abs(float(est.mean()) - float(exact[0])) < 4 * se
+    # analytic divergence: D a(t) + g^2 / 2 tr(C_t^{-1})
+    _, cov = model._params(t[:1])
+    analytic = 3 * sde.drift_coef(t[:1]) + 0.5 * sde.diffusion(t[:1]) ** 2 * torch.linalg.inv(cov[0]).trace()
+    torch.testing.assert_close(exact[0], analytic[0], rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+def test_hutchinson_ode_unbiased_over_probes(probe):
+    """One solve per probe (a batch of copies): the mean over probes matches the exact ODE."""
+    sde = VPSDE()
+    model = _FullCovGaussian(sde)
+    x = torch.tensor([[0.4, -0.1, 0.3]], dtype=F64).expand(256, 3).clone()
+    exact = ode_log_prob(model.score, sde, x[:1], divergence="exact", rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(exact.delta_log_prob + model.log_prob(exact.z, _t(1.0, 1)),
+                               model.log_prob(x[:1], _t(1e-5, 1)), rtol=1e-4, atol=1e-6)
+    hutch = ode_log_prob(model.score, sde, x, divergence="hutchinson", probe=probe, rtol=1e-6, atol=1e-6,
+                         generator=torch.Generator().manual_seed(4)).log_prob
+    se = float(hutch.std() / math.sqrt(hutch.numel()))
+    assert se > 0 and abs(float(hutch.mean() - exact.log_prob[0])) < 4 * se
+
+
+def test_rademacher_is_exact_for_diagonal_jacobians():
+    """v^T J v = tr J when J is diagonal and v_i = +-1 (an invariant of the estimator)."""
+    sde = VPSDE()
+    model = GaussianDataModel(MEAN, VAR, sde)
+    x = model.sample(8, 1e-5, generator=torch.Generator().manual_seed(3))
+    exact = ode_log_prob(model, sde, x, divergence="exact", rtol=1e-7, atol=1e-7).log_prob
+    hutch = ode_log_prob(model, sde, x, probe="rademacher", rtol=1e-7, atol=1e-7,
+                         generator=torch.Generator().manual_seed(0)).log_prob
+    torch.testing.assert_close(hutch, exact, rtol=1e-5, atol=1e-6)
+
+
+class _LearnableGaussianScore(nn.Module):
+    """Exact score of N(mu, diag v) data under ``sde`` with a learnable mean mu."""
+
+    def __init__(self, sde, mean, var):
+        super().__init__()
+        self.sde, self.mu = sde, nn.Parameter(mean.clone())
+        self.register_buffer("var", var)
+
+    def forward(self, x, t):
+        c = self.sde.marginal_coefs(t)
+        m, s = c.mean_coef[:, None], c.std[:, None]
+        return -(x - m * self.mu) / (m**2 * self.var + s**2)
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_gradients_flow_to_parameters(divergence):
+    sde = VPSDE()
+    net = _LearnableGaussianScore(sde, MEAN, VAR)
+    x = GaussianDataModel(MEAN, VAR, sde).sample(3, 1e-5, generator=torch.Generator().manual_seed(0))
+    kw = dict(divergence=divergence, rtol=1e-8, atol=1e-8)
+    res = ode_log_prob(net, sde, x, enable_grad=True, generator=torch.Generator().manual_seed(0), **kw)
+    assert res.log_prob.requires_grad
+    (grad,) = torch.autograd.grad(res.log_prob.sum(), net.mu)
+    # central finite differences of the same (deterministic given the seed) function
+    fd = torch.zeros(3, dtype=F64)
+    h = 1e-4
+    for d in range(3):
+        vals = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                net.mu[d] += sign * h
+            vals.append(ode_log_prob(net, sde, x, generator=torch.Generator().manual_seed(0), **kw).log_prob.sum())
+            with torch.no_grad():
+                net.mu[d] -= sign * h
+        fd[d] = (vals[0] - vals[1]) / (2 * h)
+    torch.testing.assert_close(grad, fd, rtol=1e-3, atol=1e-5)
+    # the analytic gradient of log p_eps w.r.t. mu, sum_b m (x_b - m mu) / V, agrees up to the
+    # prior mismatch (p_T vs pi, a factor ~e^-5 for VP at T = 1)
+    c = sde.marginal_coefs(torch.tensor([1e-5], dtype=F64))
+    v_eps = c.mean_coef**2 * VAR + c.std**2
+    analytic = (c.mean_coef * (x - c.mean_coef * MEAN) / v_eps).sum(0)
+    torch.testing.assert_close(grad, analytic, rtol=1e-2, atol=1e-3)
+    # without enable_grad nothing is tracked
+    assert not ode_log_prob(net, sde, x, **kw).log_prob.requires_grad
+
+
+def _exact_nll0(model, x):
+    return -model.log_prob(x, torch.zeros(x.shape[0], dtype=F64))
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE()], ids=["vp", "subvp"])
+def test_bound_is_tight_for_exact_score_and_grows_with_error(sde):
+    model = GaussianDataModel(MEAN, VAR, sde)
+    x = model.sample(200, 0.0, generator=torch.Generator().manual_seed(0))
+    exact = _exact_nll0(model, x)
+    u = torch.tensor([1.0, -0.5, 0.7], dtype=F64)
+    bounds = {}
+    for c in (0.0, 0.3, -0.3):
+        fn = lambda y, t, c=c: model.score(y, t) + c * u
+        bounds[c] = dsm_bound(fn, sde, x, n_times=200, eps_correction=False, generator=torch.Generator().manual_seed(5))
+    gap = bounds[0.0] - exact
+    se = float(gap.std() / math.sqrt(gap.numel()))
+    # exact score: the bound equals -log p_0 up to O(eps) and the prior mismatch (tiny for T = 1)
+    assert abs(float(gap.mean())) < 4 * se + 0.02
+    # a wrong score raises the bound by ~ c^2/2 ||u||^2 int g^2 dt (the cross term averages out over data)
+    b_int = float(sde.integral_beta(torch.tensor(1.0, dtype=F64)) - sde.integral_beta(torch.tensor(1e-5, dtype=F64)))
+    if isinstance(sde, SubVPSDE):
+        ts = torch.linspace(1e-5, 1, 200_001, dtype=F64)
+        b_int = float(torch.trapezoid(sde.diffusion(ts) ** 2, ts))
+    for c in (0.3, -0.3):
+        diff = bounds[c] - bounds[0.0]
+        expected = 0.5 * c**2 * float(u.pow(2).sum()) * b_int
+        se_d = float(diff.std() / math.sqrt(diff.numel()))
+        assert float(diff.mean()) > 0
+        assert abs(float(diff.mean()) - expected) < 4 * se_d + 0.05 * expected
+
+
+def _tweedie_kl(sde, var, eps):
+    """E gap of the eps correction for the exact score: KL(true posterior || Tweedie decoder)."""
+    c = sde.marginal_coefs(torch.tensor([eps], dtype=F64))
+    m2, s2 = float(c.mean_coef**2), float(c.std**2)
+    post = var * s2 / (s2 + m2 * var)  # Var[x | x_eps]
+    r = s2 / m2
+    ratio = post / r
+    return float((0.5 * (ratio - 1 - torch.log(ratio))).sum())
+
+
+@pytest.mark.parametrize("entropy", ["closed_form", "sample"])
+def test_eps_corrected_bound_and_ode(entropy):
+    """With eps = 1e-2 and narrow data the correction matters; its expected gap is a closed form."""
+    sde, eps = VPSDE(), 1e-2
+    var = torch.tensor([0.01, 0.02], dtype=F64)
+    model = GaussianDataModel(torch.tensor([0.1, -0.3], dtype=F64), var, sde)
+    x = model.sample(1, 0.0, generator=torch.Generator().manual_seed(0)).expand(400, 2).clone()
+    exact = float(_exact_nll0(model, x[:1]))
+    kl = _tweedie_kl(sde, var, eps)
+    b = dsm_bound(model, sde, x, n_times=100, eps=eps, eps_correction=True, entropy=entropy,
+                  generator=torch.Generator().manual_seed(1))
+    se = float(b.std() / math.sqrt(b.numel()))
+    assert abs(float(b.mean()) - (exact + kl)) < 4 * se + 0.01, (float(b.mean()), exact, kl, se)
+    ode = ode_log_prob(model, sde, x, divergence="exact", eps=eps, rtol=1e-6, atol=1e-6, eps_correction=True,
+                       entropy=entropy, generator=torch.Generator().manual_seed(2)).log_prob
+    se = float(ode.std() / math.sqrt(ode.numel()))
+    assert abs(float(-ode.mean()) - (exact + kl)) < 4 * se + 0.01
+    # the uncorrected bound at x bounds -log p_eps(x), which differs here from -log p_0(x)
+    assert abs(float(-model.log_prob(x[:1], torch.tensor(eps, dtype=F64))) - exact) > 0.05
+
+
+def test_bound_rejects_bad_arguments():
+    sde = VPSDE()
+    model = GaussianDataModel(MEAN, VAR, sde)
+    with pytest.raises(ValueError, match="n_times"):
+        dsm_bound(model, sde, torch.zeros(2, 3, dtype=F64), n_times=0)
+    with pytest.raises(ValueError, match="divergence"):
+        ode_log_prob(model, sde, torch.zeros(2, 3, dtype=F64), divergence="trace")
+    with pytest.raises(TypeError, match="dequantize"):
+        ode_log_prob(model, sde, torch.zeros(2, 3, dtype=torch.int64))
+
+
+# --- dequantization ---------------------------------------------------------------------------
+K = 4
+D_MEAN = torch.tensor([0.1, -0.2], dtype=F64)
+D_STD = torch.tensor([0.3, 0.15], dtype=F64)
+
+
+def _gauss_log_px(x):
+    return torch.distributions.Normal(D_MEAN, D_STD).log_prob(x).sum(-1)
+
+
+def _exact_log_pk(k):
+    """log P(k) = sum_d log [Phi(b) - Phi(a)] over the bin of x = 2 (k + u)/K - 1, u in [0, 1)."""
+    lo, hi = 2 * k.to(F64) / K - 1, 2 * (k.to(F64) + 1) / K - 1
+    n = torch.distributions.Normal(D_MEAN, D_STD)
+    return torch.log(n.cdf(hi) - n.cdf(lo)).sum(-1)
+
+
+def _data(n, seed):
+    x = D_MEAN + D_STD * torch.randn(n, 2, dtype=F64, generator=torch.Generator().manual_seed(seed))
+    return torch.clamp(torch.floor((x + 1) * K / 2), 0, K - 1).long()
+
+
+def test_uniform_and_importance_weighted_bounds_sandwich_exact():
+    k = _data(1, 0).expand(4000, 2).clone()
+    exact = float(_exact_log_pk(k[:1]))
+    g = torch.Generator().manual_seed(0)
+    s1 = dequantization_log_prob(_gauss_log_px, k, K, generator=g, dtype=F64)
+    s16 = dequantization_log_prob(_gauss_log_px, k, K, n_samples=16, generator=g, dtype=F64)
+    se1, se16 = float(s1.std() / 63.2), float(s16.std() / 63.2)
+    assert float(s1.mean()) < exact + 4 * se1
+    assert float(s16.mean()) < exact + 4 * se16
+    assert float(s16.mean()) > float(s1.mean())
+    # the IW bound converges to log P(k): with 16 samples it is within a few hundredths here
+    assert exact - float(s16.mean()) < 0.05
+
+
+def test_variational_dequantizer_identity_init_is_uniform():
+    deq = VariationalDequantizer(2, K).double()
+    k = _data(64, 1)
+    u, log_q = deq.sample(k, torch.Generator().manual_seed(3))
+    v = torch.rand(k.shape, generator=torch.Generator().manual_seed(3), dtype=F64)
+    torch.testing.assert_close(u, v, rtol=0, atol=1e-9)
+    torch.testing.assert_close(log_q, torch.zeros(64, dtype=F64), rtol=0, atol=1e-9)
+    a = dequantization_log_prob(_gauss_log_px, k, K, dequantizer=deq, generator=torch.Generator().manual_seed(3))
+    b = dequantization_log_prob(_gauss_log_px, k, K, generator=torch.Generator().manual_seed(3), dtype=F64)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
+
+
+def test_log_q_is_a_normalised_density_on_the_cube():
+    """E_q[1/q(u|k)] = volume of [0,1)^D = 1 for a trained (non-identity) flow."""
+    torch.manual_seed(0)
+    deq = VariationalDequantizer(2, K).double()
+    with torch.no_grad():
+        for p in deq.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    k = _data(1, 2).expand(20000, 2).clone()
+    with torch.no_grad():
+        u, log_q = deq.sample(k, torch.Generator().manual_seed(0))
+    w = torch.exp(-log_q)
+    assert abs(float(w.mean()) - 1) < 4 * float(w.std() / math.sqrt(w.numel()))
+    assert float(log_q.std()) > 0.01  # the flow is not uniform any more
+
+
+def test_variational_dequantization_beats_uniform():
+    data = _data(512, 4)
+    deq = VariationalDequantizer(2, K, hidden=32).double()
+    hist = train_variational_dequantizer(deq, _gauss_log_px, data, num_steps=300, batch_size=64, lr=3e-3,
+                                         generator=torch.Generator().manual_seed(0))
+    assert len(hist) == 300
+    k = data[:256].repeat(8, 1)
+    with torch.no_grad():
+        var = dequantization_log_prob(_gauss_log_px, k, K, dequantizer=deq, generator=torch.Generator().manual_seed(9))
+        uni = dequantization_log_prob(_gauss_log_px, k, K, generator=torch.Generator().manual_seed(9), dtype=F64)
+    diff = var - uni
+    se = float(diff.std() / math.sqrt(diff.numel()))
+    assert float(diff.mean()) > 4 * se, (float(diff.mean()), se)
+    # still a bound: the expected value stays below the exact discrete log-likelihood
+    gap = _exact_log_pk(k) - var
+    assert float(gap.mean()) > -4 * float(gap.std() / math.sqrt(gap.numel()))
+
+
+# --- runner hooks ---------------------------------------------------------------------------------
+def test_likelihood_hook_on_analytic_model():
+    """The hook's ODE bpd equals the exact -log p_eps / (D ln 2) for continuous data, and its 95%
+    interval is mean +- 1.96 se; the bound lies above (up to Monte Carlo error)."""
+    from hybrids.data import ArrayDataset
+    from hybrids.scoreflow import mean_ci, scoreflow_likelihood_eval
+
+    sde = VPSDE()
+    model = GaussianDataModel(MEAN, VAR, sde)
+    x = model.sample(24, 0.0, generator=torch.Generator().manual_seed(0))
+    data = ArrayDataset("toy", x, None, None)
+    out = scoreflow_likelihood_eval(model, data, device=torch.device("cpu"), generator=torch.Generator().manual_seed(1),
+                                    num_examples=24, batch_size=12, n_times=200, divergence="exact", rtol=1e-7, atol=1e-7)
+    exact_bpd = -model.log_prob(x, _t(1e-5, 24)) / (3 * math.log(2))
+    ci = mean_ci(exact_bpd)
+    assert out["ode_bpd"]["mean"] == pytest.approx(ci["mean"], abs=2e-3)
+    assert out["ode_bpd"]["ci95_high"] - out["ode_bpd"]["mean"] == pytest.approx(1.96 * out["ode_bpd"]["se"])
+    assert ci["se"] == pytest.approx(float(exact_bpd.std() / math.sqrt(24)))
+    assert out["bound_bpd"]["mean"] > out["ode_bpd"]["mean"] - 4 * out["bound_bpd"]["se"]
+    assert out["ode_nfe_mean"] > 0 and "no dequantization" in out["units"]
+
+
+def test_likelihood_hook_bpd_offset_for_levels():
+    """Integer data: bpd = nll / (D ln 2) + log2(K / 2) (METHODS.md section 1)."""
+    from hybrids.data import ArrayDataset
+    from hybrids.scoreflow import scoreflow_likelihood_eval
+
+    sde = VPSDE()
+    model = GaussianDataModel(torch.zeros(1, 2, 2, dtype=F64), torch.full((1, 2, 2), 0.3, dtype=F64), sde)
+    k = torch.randint(0, 17, (8, 1, 2, 2), generator=torch.Generator().manual_seed(0))
+    out = scoreflow_likelihood_eval(model, ArrayDataset("digits", k, None, 17), device=torch.device("cpu"),
+                                    generator=torch.Generator().manual_seed(1), num_examples=8, bound=False,
+                                    divergence="exact", rtol=1e-7, atol=1e-7)
+    from hybrids.data import dequantize
+    x = dequantize(k, 17, torch.Generator().manual_seed(1), dtype=torch.float32).double()
+    expected = (-model.log_prob(x, _t(1e-5, 8)) / (4 * math.log(2)) + math.log2(17 / 2)).mean()
+    assert out["ode_bpd"]["mean"] == pytest.approx(float(expected), abs=5e-3)

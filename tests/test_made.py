@@ -1,0 +1,238 @@
+"""MADE, the AR-CSM conditional-score model and the MADE maximum-likelihood baselines."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from hybrids.models.made import MADE, MADEConditionalScore, MADEDensity
+from hybrids.sdes import VESDE
+
+
+def _randomize(module: torch.nn.Module, scale: float, seed: int) -> None:
+    """Replace every parameter by N(0, scale^2) draws (larger than the default init)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+def _naive_diagonal(s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """ds_d/dx_d by D separate backward passes of s_d through every path (context and head)."""
+    cols = []
+    for d in range(x.shape[1]):
+        (g,) = torch.autograd.grad(s[:, d].sum(), x, retain_graph=True)
+        cols.append(g[:, d])
+    return torch.stack(cols, dim=1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    dim=st.integers(1, 7),
+    hidden=st.lists(st.integers(1, 12), min_size=1, max_size=3),
+    features=st.integers(1, 5),
+    activation=st.sampled_from(["softplus", "elu", "silu"]),
+    seed=st.integers(0, 10_000),
+)
+def test_one_backward_diagonal_equals_naive(dim, hidden, features, activation, seed):
+    torch.manual_seed(seed)
+    model = MADEConditionalScore(
+        dim, hidden=hidden, context_features=features, head_hidden=(6, 5), activation=activation
+    ).double()
+    _randomize(model, 0.8, seed)
+    x = torch.randn(4, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    x.requires_grad_(True)
+    s, ds = model.conditional_scores(x)
+    naive = _naive_diagonal(s, x)
+    torch.testing.assert_close(ds, naive, rtol=1e-10, atol=1e-12)
+    # The head-only derivative (c_d held fixed) is the same number, since c_d ignores x_d.
+    c = model.context(x).detach()
+    x_head = x.detach().requires_grad_(True)
+    (head_only,) = torch.autograd.grad(model.head(x_head, c).sum(), x_head)
+    torch.testing.assert_close(ds, head_only, rtol=1e-10, atol=1e-12)
+
+
+def test_diagonal_is_differentiable_for_training():
+    model = MADEConditionalScore(4, hidden=(8,), context_features=3, head_hidden=(5,)).double()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    s, ds = model.conditional_scores(x)
+    assert ds.requires_grad
+    (ds.sum() + s.pow(2).sum()).backward()
+    head_grads = [p.grad for p in model.score_head.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in head_grads)
+    assert any(g.abs().sum() > 0 for g in head_grads)
+    with torch.no_grad():
+        s0, ds0 = model.conditional_scores(x)
+    assert not s0.requires_grad and not ds0.requires_grad
+    torch.testing.assert_close(ds0, ds.detach())
+
+
+@settings(max_examples=15, deadline=None)
+@given(dim=st.integers(2, 8), hidden=st.lists(st.integers(2, 16), min_size=1, max_size=3),
+       seed=st.integers(0, 10_000))
+def test_context_is_causal(dim, hidden, seed):
+    torch.manual_seed(seed)
+    made = MADE(dim, 3, hidden).double()
+    _randomize(made, 0.7, seed)
+    x = torch.randn(1, dim, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda v: made(v), x)[0, :, :, 0, :]  # [D, F, D]
+    dep = jac.abs().sum(1)  # [d, j]
+    upper = torch.triu(torch.ones(dim, dim, dtype=torch.bool))  # j >= d
+    assert torch.all(dep[upper] == 0)
+    for d in range(1, dim):
+        assert dep[d, :d].max() > 0, f"c_{d} ignores every x_j, j < {d}"
+
+
+def test_image_inputs_are_flattened_in_raster_order():
+    model = MADEConditionalScore(6, hidden=(8,), context_features=2, head_hidden=(4,)).double()
+    img = torch.randn(5, 1, 2, 3, dtype=torch.float64)
+    s_img, ds_img = model.conditional_scores(img)
+    s_vec, ds_vec = model.conditional_scores(img.reshape(5, 6))
+    assert s_img.shape == img.shape and ds_img.shape == img.shape
+    torch.testing.assert_close(s_img.reshape(5, 6), s_vec)
+    torch.testing.assert_close(ds_img.reshape(5, 6), ds_vec)
+    with pytest.raises(ValueError, match="C\\*H\\*W"):
+        model.conditional_scores(torch.randn(5, 1, 3, 3, dtype=torch.float64))
+
+
+def test_score_raises_with_explanation():
+    model = MADEConditionalScore(3, hidden=(4,))
+    with pytest.raises(NotImplementedError, match="normalisers.*conditional_scores"):
+        model.score(torch.randn(2, 3), torch.zeros(2))
+
+
+def test_relu_is_rejected():
+    with pytest.raises(ValueError, match="smooth"):
+        MADEConditionalScore(3, activation="relu")
+
+
+def test_noise_conditional_model_uses_t_and_sde_scaling():
+    sde = VESDE(sigma_min=0.1, sigma_max=5.0)
+    model = MADEConditionalScore(3, hidden=(8,), noise_conditional=True, sde=sde).double()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="pass t"):
+        model.conditional_scores(x, None)
+    t0, t1 = torch.full((4,), 0.2, dtype=torch.float64), torch.full((4,), 0.7, dtype=torch.float64)
+    s0, _ = model.conditional_scores(x, t0)
+    s1, _ = model.conditional_scores(x, t1)
+    assert not torch.allclose(s0, s1)
+    # The head output is divided by sigma(t): undo it and compare with the raw head.
+    c = model.context(x, t0)
+    raw = model.score_head(x, c)
+    torch.testing.assert_close(s0 * sde.marginal_coefs(t0).std[:, None], raw)
+    with pytest.raises(ValueError, match="sde"):
+        MADEConditionalScore(3, sde=sde)
+
+
+@pytest.mark.parametrize("conditional", ["gaussian", "logistic_mixture"])
+def test_density_integrates_to_one_1d(conditional):
+    model = MADEDensity(1, conditional, nr_mix=3, hidden=(4,)).double()
+    _randomize(model, 0.5, 1)
+    grid = torch.linspace(-40, 40, 200_001, dtype=torch.float64)
+    with torch.no_grad():
+        p = model.log_prob(grid[:, None]).exp()
+    assert torch.trapezoid(p, grid).item() == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("conditional", ["gaussian", "logistic_mixture"])
+def test_density_integrates_to_one_2d(conditional):
+    model = MADEDensity(2, conditional, nr_mix=2, hidden=(6,)).double()
+    _randomize(model, 0.2, 2)
+    grid = torch.linspace(-25, 25, 1201, dtype=torch.float64)
+    xx, yy = torch.meshgrid(grid, grid, indexing="ij")
+    with torch.no_grad():
+        p = model.log_prob(torch.stack([xx.flatten(), yy.flatten()], 1)).exp().reshape(xx.shape)
+    mass = torch.trapezoid(torch.trapezoid(p, grid, dim=1), grid)
+    assert mass.item() == pytest.approx(1.0, abs=2e-3)
+
+
+@pytest.mark.parametrize("conditional", ["gaussian", "logistic_mixture"])
+def test_discrete_masses_sum_to_one(conditional):
+    num_levels, dim = 5, 3
+    model = MADEDensity(dim, conditional, nr_mix=2, hidden=(6,), num_levels=num_levels).double()
+    _randomize(model, 1.0, 3)
+    k = torch.tensor(list(itertools.product(range(num_levels), repeat=dim)))
+    with torch.no_grad():
+        total = model.discrete_log_prob(k).exp().sum()
+    assert total.item() == pytest.approx(1.0, abs=1e-10)
+    with pytest.raises(TypeError, match="integer"):
+        model.discrete_log_prob(k.double())
+
+
+def test_gaussian_bin_mass_matches_cdf_difference_and_far_tails_stay_finite():
+    model = MADEDensity(1, "gaussian", hidden=(2,), num_levels=256).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.made.output.bias.copy_(torch.tensor([0.1, math.log(0.05)], dtype=torch.float64))
+    k = torch.arange(256)[:, None]
+    lp = model.discrete_log_prob(k)
+    centre = 2 * k[:, 0].double() / 255 - 1
+    normal = torch.distributions.Normal(torch.tensor(0.1, dtype=torch.float64), 0.05)
+    hi = torch.where(k[:, 0] == 255, torch.tensor(1.0), normal.cdf(centre + 1 / 255))
+    lo = torch.where(k[:, 0] == 0, torch.tensor(0.0), normal.cdf(centre - 1 / 255))
+    middle = (lp.exp() > 1e-8)
+    torch.testing.assert_close(lp.exp()[middle], (hi - lo)[middle], rtol=1e-9, atol=1e-12)
+    assert torch.isfinite(lp).all()  # masses ~exp(-800) at the far end are still finite logs
+
+
+@pytest.mark.parametrize("conditional", ["gaussian", "logistic_mixture"])
+def test_ancestral_samples_follow_the_discrete_masses(conditional):
+    num_levels, dim, n = 4, 2, 40_000
+    model = MADEDensity(dim, conditional, nr_mix=2, hidden=(6,), num_levels=num_levels).double()
+    _randomize(model, 0.6, 4)
+    k = model.sample(n, torch.Generator().manual_seed(0))
+    assert k.shape == (n, dim) and k.dtype == torch.int64
+    cells = torch.tensor(list(itertools.product(range(num_levels), repeat=dim)))
+    with torch.no_grad():
+        p = model.discrete_log_prob(cells).exp()
+    counts = torch.stack([(k == c).all(1).sum() for c in cells]).double()
+    se = (n * p * (1 - p)).sqrt()
+    assert torch.all((counts - n * p).abs() < 5 * se + 1), (counts / n, p)
+
+
+def _pixelcnn_arcsm(seed: int, channels: int = 1):
+    from hybrids.models.heads import PixelCNNConditionalScore
+    from hybrids.models.pixelcnnpp import PixelCNNpp
+
+    torch.manual_seed(seed)
+    shape = (channels, 3, 3)
+    backbone = PixelCNNpp(shape, nr_filters=8, nr_resnet=1, nr_logistic_mix=2, dropout=0.0)
+    return PixelCNNConditionalScore(shape, head_hidden=(8,), backbone=backbone).double()
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 1000), channels=st.sampled_from([1, 3]))
+def test_pixelcnn_arcsm_diagonal_equals_naive_and_context_is_causal(seed, channels):
+    model = _pixelcnn_arcsm(seed, channels)
+    D = 9 * channels
+    g = torch.Generator().manual_seed(seed)
+    x = (2 * torch.rand(2, channels, 3, 3, dtype=torch.float64, generator=g) - 1).requires_grad_(True)
+    s, ds = model.conditional_scores(x)
+    assert s.shape == x.shape and ds.shape == x.shape
+    s_seq = model.to_sequence(s)
+    cols = []
+    for d in range(D):  # d in AR order: pixel-major, R -> G -> B within a pixel
+        (grad,) = torch.autograd.grad(s_seq[:, d].sum(), x, retain_graph=True)
+        cols.append(model.to_sequence(grad)[:, d])
+    torch.testing.assert_close(model.to_sequence(ds), torch.stack(cols, 1), rtol=1e-9, atol=1e-12)
+    x_seq = model.to_sequence(x[:1].detach())
+    jac = torch.autograd.functional.jacobian(lambda v: model.context(v), x_seq)
+    dep = jac[0].abs().sum(1)[:, 0, :]  # [d, j]: |dc_d / dx_j| summed over features
+    assert torch.all(dep[torch.triu(torch.ones(D, D, dtype=torch.bool))] == 0)
+    assert all(dep[d, :d].max() > 0 for d in range(1, D))
+    torch.testing.assert_close(model.from_sequence(model.to_sequence(x)), x)
+
+
+def test_pixelcnn_arcsm_score_raises_and_sampler_follows_its_order():
+    from hybrids.samplers.langevin import ar_langevin_sample
+
+    model = _pixelcnn_arcsm(0, channels=3)
+    with pytest.raises(NotImplementedError, match="conditional_scores"):
+        model.score(torch.zeros(1, 3, 3, 3, dtype=torch.float64))
+    init = torch.rand(2, 3, 3, 3, dtype=torch.float64)
+    out = ar_langevin_sample(model, init.shape, n_steps=1, step_size=1e-14, init=init)
+    torch.testing.assert_close(out, init, atol=1e-6, rtol=0)  # same layout back

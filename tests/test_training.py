@@ -1,0 +1,248 @@
+"""Trainer: lr schedule, clipping, EMA, NaN guard, atomic writes, resume and DDP equivalence."""
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # `tests._tiny_components` must be importable under one name
+    sys.path.insert(0, str(REPO_ROOT))
+
+from hybrids.io import atomic_torch_save, atomic_write, read_jsonl  # noqa: E402
+from hybrids.training import Trainer, ema_update, latest_checkpoint, load_checkpoint, load_ema  # noqa: E402
+from tests._tiny_components import TinyCategorical, TinyNLL, ddp_train_worker  # noqa: E402
+
+K = 5
+SHAPE = (1, 2, 2)
+
+
+def _data(n: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, K, (n, *SHAPE), generator=torch.Generator().manual_seed(seed))
+
+
+def _model() -> TinyCategorical:
+    return TinyCategorical(shape=SHAPE, num_levels=K)
+
+
+def _trainer(**kw) -> Trainer:
+    base = dict(num_steps=6, batch_size=8, lr=0.1, warmup_steps=0, grad_clip=None, ema_decay=0.5,
+                log_every=1, checkpoint_every=1, keep_checkpoints=100)
+    base.update(kw)
+    return Trainer(**base)
+
+
+class NoisyNLL(TinyNLL):
+    """NLL on a random subset of the batch drawn from the global RNG (as objectives draw noise)."""
+
+    def __call__(self, model, batch):
+        keep = torch.rand(batch.shape[0]) < 0.7
+        keep[0] = True
+        return super().__call__(model, batch[keep])
+
+
+class LinearLoss:
+    """loss = <a, logits>: the gradient is the constant ``a`` whatever the parameters."""
+
+    num_levels = K
+
+    def __init__(self, a: torch.Tensor):
+        self.a = a
+
+    def __call__(self, model, batch):
+        return (model.logits * self.a).sum(), {}
+
+
+def test_lr_schedule_is_linear_warmup_times_decay(tmp_path):
+    lr, warmup, decay = 0.1, 4, 0.9
+    _trainer(num_steps=7, lr=lr, warmup_steps=warmup, lr_decay=decay).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    logged = [r["lr"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    # update n uses lr * min(1, n / 4) * 0.9^(n - 1), written out by hand:
+    expected = [lr * 0.25, lr * 0.5 * 0.9, lr * 0.75 * 0.81, lr * 1.0 * 0.729, lr * 0.6561,
+                lr * 0.59049, lr * 0.531441]
+    assert logged == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("clip", [None, 0.5, 100.0])
+def test_gradient_clipping_by_global_norm(tmp_path, clip):
+    torch.manual_seed(0)
+    a = torch.randn(*SHAPE, K)
+    norm = a.norm().item()
+    _trainer(num_steps=1, grad_clip=clip).fit(_model(), LinearLoss(a), _data(), tmp_path)
+    record = read_jsonl(tmp_path / "metrics.jsonl")[0]
+    assert record["grad_norm"] == pytest.approx(norm, rel=1e-6)  # logged before clipping
+    state = load_checkpoint(latest_checkpoint(tmp_path))["optimizer"]["state"][0]
+    # Adam's first moment after one update is (1 - beta1) g with g the clipped gradient.
+    scale = 1.0 if clip is None or clip >= norm else clip / (norm + 1e-6)
+    torch.testing.assert_close(state["exp_avg"], 0.1 * a * scale, rtol=1e-6, atol=1e-7)
+    if clip is not None and clip < norm:
+        assert (state["exp_avg"] / 0.1).norm().item() == pytest.approx(clip, rel=1e-5)
+
+
+def test_ema_matches_hand_computation(tmp_path):
+    d = 0.7
+    torch.manual_seed(3)
+    model = _model()
+    with torch.no_grad():
+        model.logits.normal_()
+    theta0 = model.logits.detach().clone()
+    _trainer(num_steps=2, ema_decay=d).fit(model, TinyNLL(K), _data(), tmp_path)
+    ck1 = load_checkpoint(tmp_path / "checkpoints" / "ckpt_00000001.pt")
+    ck2 = load_checkpoint(tmp_path / "checkpoints" / "ckpt_00000002.pt")
+    theta1, theta2 = ck1["model"]["logits"], ck2["model"]["logits"]
+    assert not torch.equal(theta1, theta2)
+    expected = d * d * theta0 + d * (1 - d) * theta1 + (1 - d) * theta2
+    torch.testing.assert_close(ck2["ema"]["logits"], expected, rtol=1e-6, atol=1e-6)
+    # load_ema gives the EMA of the latest checkpoint.
+    fresh = _model()
+    assert load_ema(fresh, tmp_path) == 2
+    torch.testing.assert_close(fresh.logits.detach(), expected, rtol=1e-6, atol=1e-6)
+
+
+@settings(max_examples=15, deadline=None)
+@given(decay=st.floats(0.0, 0.999), seed=st.integers(0, 1000))
+def test_ema_update_formula(decay, seed):
+    g = torch.Generator().manual_seed(seed)
+    ema, model = nn.Linear(3, 2), nn.Linear(3, 2)
+    for p in [*ema.parameters(), *model.parameters()]:
+        p.data = torch.randn(p.shape, generator=g, dtype=torch.float64)
+    expected = [decay * pe.detach().clone() + (1 - decay) * p.detach() for pe, p in zip(ema.parameters(), model.parameters())]
+    ema_update(ema, model, decay)
+    for pe, e in zip(ema.parameters(), expected):
+        torch.testing.assert_close(pe.detach(), e, rtol=1e-12, atol=1e-12)
+
+
+def test_nan_loss_stops_with_step_and_metrics(tmp_path):
+    calls = {"n": 0}
+
+    def objective(model, batch):
+        calls["n"] += 1
+        loss = -model.discrete_log_prob(batch).mean()
+        if calls["n"] == 3:
+            loss = loss * float("nan")
+        return loss, {"marker": 1.25}
+
+    with pytest.raises(FloatingPointError, match=r"update 3 .*marker.*1\.25"):
+        _trainer().fit(_model(), objective, _data(), tmp_path)
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "out.bin"
+
+    def failing(f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(target, failing)
+    assert list(tmp_path.iterdir()) == []
+    atomic_torch_save({"x": torch.ones(2)}, target)
+    with pytest.raises(RuntimeError):
+        atomic_write(target, failing)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]  # old file intact, no temp file
+    assert torch.equal(torch.load(target, weights_only=True)["x"], torch.ones(2))
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    data = _data(40)  # 5 batches per epoch: the run crosses epoch boundaries
+    kw = dict(batch_size=8, checkpoint_every=3, keep_checkpoints=2, log_every=1, ema_decay=0.8)
+
+    torch.manual_seed(0)
+    full = _trainer(num_steps=12, **kw).fit(_model(), NoisyNLL(K), data, tmp_path / "a")
+
+    torch.manual_seed(0)
+    _trainer(num_steps=6, **kw).fit(_model(), NoisyNLL(K), data, tmp_path / "b")
+    torch.manual_seed(12345)  # a new process has another RNG state; resume must restore it
+    resumed = _trainer(num_steps=12, **kw).fit(_model(), NoisyNLL(K), data, tmp_path / "b")
+
+    assert torch.equal(full.logits, resumed.logits)
+    a, b = (load_checkpoint(latest_checkpoint(tmp_path / d)) for d in "ab")
+    assert a["step"] == b["step"] == 12
+    assert torch.equal(a["model"]["logits"], b["model"]["logits"])
+    steps = [r["step"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
+    assert steps == list(range(1, 13))
+    assert len(list((tmp_path / "b" / "checkpoints").iterdir())) == 2  # keep_checkpoints
+
+
+def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
+    _trainer(num_steps=6, checkpoint_every=4).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    (tmp_path / "checkpoints" / "ckpt_00000006.pt").unlink()  # as if killed after step 6's log
+    _trainer(num_steps=6, checkpoint_every=4).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def _indices(step: int, n: int, batch: int, seed: int, world: int, rank: int) -> torch.Tensor:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WORLD_SIZE", str(world))
+        mp.setenv("RANK", str(rank))
+        return Trainer(num_steps=1, batch_size=batch, seed=seed).batch_indices(step, n)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(8, 60), batch=st.sampled_from([2, 4, 8]), world=st.sampled_from([1, 2]),
+       seed=st.integers(0, 5))
+def test_batch_indices_shard_a_permutation(n, batch, world, seed):
+    seen = []
+    for step in range(n // batch):
+        shards = [_indices(step, n, batch, seed, world, rank) for rank in range(world)]
+        assert all(len(s) == batch // world for s in shards)
+        single = _indices(step, n, batch, seed, 1, 0)
+        assert torch.equal(torch.cat(shards), single)  # ranks split the single-process batch
+        seen.append(single)
+    seen = torch.cat(seen)
+    assert len(set(seen.tolist())) == len(seen) == (n // batch) * batch  # each example once per epoch
+    # The next epoch is a different permutation (seeded by epoch), reproducible across calls.
+    nxt = _indices(n // batch, n, batch, seed, 1, 0)
+    assert torch.equal(nxt, _indices(n // batch, n, batch, seed, 1, 0))
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(lr=0.0), "lr must be positive"),
+    (dict(num_steps=0), "num_steps must be >= 1"),
+    (dict(grad_clip=-1.0), "grad_clip"),
+    (dict(ema_decay=1.0), "ema_decay"),
+    (dict(bf16=True), "CUDA"),
+    (dict(device="tpu"), "unsupported device|Expected one of"),
+])
+def test_bad_trainer_arguments(kw, match):
+    with pytest.raises((ValueError, RuntimeError), match=match):
+        Trainer(**kw)
+
+
+def test_batch_larger_than_dataset_is_an_error(tmp_path):
+    with pytest.raises(ValueError, match="fewer than Trainer.batch_size"):
+        _trainer(batch_size=128).fit(_model(), TinyNLL(K), _data(16), tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_match_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    kw = dict(num_steps=5, batch_size=8, lr=0.1, warmup_steps=0, grad_clip=1.0, ema_decay=0.5,
+              log_every=1, checkpoint_every=5)
+    data = _data()
+    assert int(data.max()) + 1 == K
+    torch.manual_seed(7)
+    Trainer(**kw).fit(_model(), TinyNLL(K), data, tmp_path / "one")
+    # fork: the children reuse the imported torch (spawn re-imports it, ~10 s on a busy machine).
+    mp.start_processes(ddp_train_worker, args=(2, _free_port(), str(tmp_path / "two"), data, kw),
+                       nprocs=2, join=True, start_method="fork")
+    one = load_checkpoint(latest_checkpoint(tmp_path / "one"))
+    two = load_checkpoint(latest_checkpoint(tmp_path / "two"))
+    assert two["step"] == 5
+    torch.testing.assert_close(two["model"]["logits"], one["model"]["logits"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(two["ema"]["logits"], one["ema"]["logits"], rtol=0, atol=1e-6)
+    assert not torch.equal(one["model"]["logits"], torch.zeros_like(one["model"]["logits"]))
+    # Only rank 0 logged: one record per update.
+    assert [r["step"] for r in read_jsonl(tmp_path / "two" / "metrics.jsonl")] == [1, 2, 3, 4, 5]
