@@ -24,24 +24,15 @@ import itertools
 import json
 import os
 import re
-import subprocess
 import sys
-import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
 import gin
 from absl import app, flags
 
-from experiments.runner import (
-    MODE_STAGES,
-    MODES,
-    REPO_ROOT,
-    RESULTS_FILE,
-    parse_gin,
-    resolve_gin_file,
-    run_experiment,
-)
+from experiments.cells import cell_done, flatten_results, last_error_line, run_cell, run_cell_in_process
+from experiments.runner import MODES, RESULTS_FILE, parse_gin, resolve_gin_file
 from hybrids.io import atomic_write_text, read_json
 
 flags.DEFINE_multi_string("gin_file", [], "Gin file(s) of the row (names under gin/ or paths).")
@@ -102,79 +93,6 @@ def cell_name(index: int, cell: dict[str, Any]) -> str:
     text = "__".join(f"{key}={to_gin_literal(value)}" for key, value in cell.items())
     text = re.sub(r"[^A-Za-z0-9.=+-]+", "_", text).strip("_")[:100]
     return f"{index:03d}_{text}"
-
-
-def cell_done(workdir: Path, mode: str) -> bool:
-    """True when ``workdir/results.json`` records every stage of ``mode``."""
-    path = workdir / RESULTS_FILE
-    if not path.exists():
-        return False
-    try:
-        done = set(read_json(path).get("stages_completed", []))
-    except (json.JSONDecodeError, OSError):
-        return False
-    return set(MODE_STAGES[mode]) <= done
-
-
-def flatten_results(results: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Scalar leaves of nested results as ``{"evaluator.key": value}`` (lists are left out)."""
-    flat: dict[str, Any] = {}
-    for key, value in results.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_results(value, name + "."))
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            flat[name] = value
-    return flat
-
-
-def _last_error_line(stderr: str) -> str:
-    lines = [line for line in stderr.strip().splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    return (errors or lines or ["(no output)"])[-1][:500]
-
-
-def run_cell(gin_files: Sequence[Path], bindings: Sequence[str], workdir: Path, mode: str,
-             device: str, data_dir: str | None) -> tuple[int, str]:
-    """Run one cell with ``python -m experiments.run`` in a subprocess.
-
-    Returns:
-        ``(returncode, stderr)``; the output is also kept in ``workdir/run.log``.
-    """
-    cmd = [sys.executable, "-m", "experiments.run", f"--workdir={workdir}", f"--mode={mode}",
-           f"--device={device}"]
-    cmd += [f"--gin_file={p}" for p in gin_files]
-    cmd += [f"--gin_bindings={b}" for b in bindings]
-    if data_dir:
-        cmd.append(f"--data_dir={data_dir}")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    workdir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(workdir / "run.log", f"$ {' '.join(cmd)}\n{proc.stdout}\n{proc.stderr}")
-    return proc.returncode, proc.stderr
-
-
-def run_cell_in_process(gin_files: Sequence[Path], bindings: Sequence[str], workdir: Path, mode: str,
-                        device: str, data_dir: str | None) -> tuple[int, str]:
-    """Run one cell with :func:`experiments.runner.run_experiment` in this process (gin is cleared
-    before and after; faster, but a crash or a leak in one cell affects the others).
-
-    Returns:
-        ``(0, "")`` or ``(1, "error: <type>: <message>")``; the error is also kept in ``run.log``.
-    """
-    gin.clear_config()
-    try:
-        run_experiment([str(p) for p in gin_files], bindings, workdir=workdir, mode=mode,
-                       data_dir=data_dir, device=device)
-    except Exception as err:  # noqa: BLE001 -- a failing cell is recorded, the grid goes on
-        message = f"error: {type(err).__name__}: {err}".replace("\n", " ")
-        workdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(workdir / "run.log", traceback.format_exc() + message + "\n")
-        return 1, message
-    finally:
-        gin.clear_config()
-    return 0, ""
 
 
 def write_summary(workdir: Path, grid: dict[str, list], rows: list[dict[str, Any]]) -> None:
@@ -241,7 +159,7 @@ def run_grid(gin_files: Sequence[str], grid: str | dict[str, list], workdir: str
             runner = run_cell_in_process if in_process else run_cell
             code, stderr = runner(paths, [*gin_bindings, *cell_bindings(cell)], cell_dir, mode, device, data_dir)
             status = "done" if code == 0 else "failed"
-            error = "" if code == 0 else _last_error_line(stderr)
+            error = "" if code == 0 else last_error_line(stderr)
         results_path = cell_dir / RESULTS_FILE
         results = read_json(results_path).get("results", {}) if results_path.exists() and status != "failed" else {}
         rows.append({"cell": cell_dir.name, "bindings": cell, "status": status, "error": error,

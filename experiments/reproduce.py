@@ -27,7 +27,7 @@ from typing import Any
 
 from absl import app, flags
 
-from experiments.ablate import _last_error_line, cell_done, flatten_results, run_cell, run_cell_in_process
+from experiments.cells import cell_done, flatten_results, last_error_line, run_cell, run_cell_in_process
 from experiments.runner import RESULTS_FILE, resolve_gin_file
 from experiments.tables import SCALES, TABLES, Table
 from hybrids.io import atomic_write_text, read_json
@@ -86,7 +86,7 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
                 runner = run_cell_in_process if in_process else run_cell
                 code, stderr = runner(gin_files, bindings, row_dir, MODE, device, data_dir)
                 status = "done" if code == 0 else "failed"
-                error = "" if code == 0 else _last_error_line(stderr)
+                error = "" if code == 0 else last_error_line(stderr)
         results_path = row_dir / RESULTS_FILE
         flat = flatten_results(read_json(results_path).get("results", {})) if results_path.exists() else {}
         ours = {col.name: flat.get(col.key) for col in table.columns}

@@ -19,8 +19,10 @@ from absl import app, flags
 
 from experiments.runner import MODES, run_experiment
 
-flags.DEFINE_multi_string("gin_file", [], "Gin file: a name under gin/ (e.g. ncml_vp.gin) or a path; repeatable, later files override.")
-flags.DEFINE_multi_string("gin_bindings", [], "Gin binding, e.g. 'Trainer.lr = 1e-3'; repeatable, applied after the files.")
+flags.DEFINE_multi_string(
+    "gin_file", [], "Gin file: a name under gin/ (e.g. ncml_vp.gin) or a path; repeatable, later files override.")
+flags.DEFINE_multi_string(
+    "gin_bindings", [], "Gin binding, e.g. 'Trainer.lr = 1e-3'; repeatable, applied after the files.")
 flags.DEFINE_string("workdir", None, "Run directory (default runs/<stem of the first gin file>).")
 flags.DEFINE_string("mode", "all", f"One of {', '.join(MODES)}.")
 flags.DEFINE_string("data_dir", None, "Dataset directory (default $HYBRIDS_DATA or ~/.cache/hybrids).")

@@ -245,40 +245,43 @@ def scoreflow_vardeq_eval(
     flags = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)  # the score model is frozen; only q_phi is trained
-    train = load_dataset(data.name, split="train", data_dir=data_dir)
-    deq = VariationalDequantizer(data.data[0].numel(), data.num_levels, num_couplings, hidden).to(device, dtype)
+    try:
+        train = load_dataset(data.name, split="train", data_dir=data_dir)
+        deq = VariationalDequantizer(data.data[0].numel(), data.num_levels, num_couplings, hidden).to(device, dtype)
 
-    def surrogate(x: Tensor) -> Tensor:
-        return -dsm_bound(model, sde, x, n_times=train_n_times, eps=eps, eps_correction=True, generator=generator,
-                          time_chunk=train_n_times)
+        def surrogate(x: Tensor) -> Tensor:
+            return -dsm_bound(model, sde, x, n_times=train_n_times, eps=eps, eps_correction=True, generator=generator,
+                              time_chunk=train_n_times)
 
-    history = train_variational_dequantizer(deq, surrogate, train.data.to(device), num_steps=train_steps,
-                                            batch_size=train_batch_size, lr=lr, generator=generator)
-    k_all = data.data[:num_examples].to(device)
-    num_dims = k_all[0].numel()
-    bounds, odes, nfes = [], [], []
-    with torch.no_grad():
-        for start in range(0, k_all.shape[0], batch_size):
-            k = k_all[start:start + batch_size]
-            lp = dequantization_log_prob(
-                lambda x: -dsm_bound(model, sde, x, n_times=n_times, eps=eps, eps_correction=True, generator=generator),
-                k, data.num_levels, dequantizer=deq, generator=generator)
-            bounds.append(discrete_bits_per_dim(-lp, num_dims).cpu())
-            if ode:
-                def ode_lp(x: Tensor) -> Tensor:
-                    res = ode_log_prob(model, sde, x, divergence=divergence, eps=eps, rtol=rtol, atol=atol,
-                                       generator=generator)
-                    nfes.append(res.nfe)
-                    return res.log_prob
+        history = train_variational_dequantizer(deq, surrogate, train.data.to(device), num_steps=train_steps,
+                                                batch_size=train_batch_size, lr=lr, generator=generator)
+        k_all = data.data[:num_examples].to(device)
+        num_dims = k_all[0].numel()
+        bounds, odes, nfes = [], [], []
+        with torch.no_grad():
+            for start in range(0, k_all.shape[0], batch_size):
+                k = k_all[start:start + batch_size]
+                lp = dequantization_log_prob(
+                    lambda x: -dsm_bound(model, sde, x, n_times=n_times, eps=eps, eps_correction=True, generator=generator),
+                    k, data.num_levels, dequantizer=deq, generator=generator)
+                bounds.append(discrete_bits_per_dim(-lp, num_dims).cpu())
+                if ode:
+                    def ode_lp(x: Tensor) -> Tensor:
+                        res = ode_log_prob(model, sde, x, divergence=divergence, eps=eps, rtol=rtol, atol=atol,
+                                           generator=generator)
+                        nfes.append(res.nfe)
+                        return res.log_prob
 
-                lp = dequantization_log_prob(ode_lp, k, data.num_levels, dequantizer=deq, generator=generator)
-                odes.append(discrete_bits_per_dim(-lp, num_dims).cpu())
-    for p, flag in zip(model.parameters(), flags):
-        p.requires_grad_(flag)
+                    lp = dequantization_log_prob(ode_lp, k, data.num_levels, dequantizer=deq, generator=generator)
+                    odes.append(discrete_bits_per_dim(-lp, num_dims).cpu())
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
     out: dict[str, Any] = {
         "units": "bits/dim of the pixels, variational dequantization (Flow++-style q(u|k))",
         "vardeq_bound_bpd": mean_ci(torch.cat(bounds)),
-        "train_elbo_first": history[0], "train_elbo_last": history[-1], "train_steps": train_steps,
+        "train_elbo_first": history[0] if history else None, "train_elbo_last": history[-1] if history else None,
+        "train_steps": train_steps,
     }
     if ode:
         out["vardeq_ode_bpd"] = mean_ci(torch.cat(odes))

@@ -400,9 +400,12 @@ class Trainer:
             ema_update(ema, model, self.ema_decay)
             step += 1
 
+            # The optimised loss is logged as "loss"; an objective's own "loss" metric is the same
+            # quantity and is not added twice.
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
             for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + _metric_value(v)
+                if k != "loss":
+                    sums[k] = sums.get(k, 0.0) + _metric_value(v)
             count += 1
             if self.dist.is_main and step % self.log_every == 0:
                 now = time.time()

@@ -156,7 +156,7 @@ def walk_jump_class_eval(
         record_every=record_every, friction=friction, step_size=step_size, method="underdamped", reduced=True,
     )
     levels = _to_output(jumps.flatten(0, 1), data.num_levels)
-    classifier = train_domain_classifier(data.name, data_dir, steps=classifier_steps, device=device)
+    classifier = train_domain_classifier(data.name, data_dir or data.data_dir, steps=classifier_steps, device=device)
     labels = classifier_predict(classifier, levels).reshape(jumps.shape[0], jumps.shape[1])
     num_classes = int(data.labels.max()) + 1
     visited = [int(torch.unique(row).numel()) for row in labels]

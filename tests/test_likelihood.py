@@ -341,3 +341,19 @@ def test_likelihood_hook_bpd_offset_for_levels():
     x = dequantize(k, 17, torch.Generator().manual_seed(1), dtype=torch.float32).double()
     expected = (-model.log_prob(x, _t(1e-5, 8)) / (4 * math.log(2)) + math.log2(17 / 2)).mean()
     assert out["ode_bpd"]["mean"] == pytest.approx(float(expected), abs=5e-3)
+
+
+def test_vardeq_hook_runs_on_digits_with_an_analytic_model():
+    """Smoke test of the variational-dequantization hook (train split loaded by name, frozen model)."""
+    from hybrids.data import load_dataset
+    from hybrids.scoreflow import scoreflow_vardeq_eval
+
+    sde = VPSDE()
+    model = GaussianDataModel(torch.zeros(1, 8, 8), torch.full((1, 8, 8), 0.3), sde)
+    test = load_dataset("digits", "test")
+    out = scoreflow_vardeq_eval(model, test, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+                                train_steps=3, train_batch_size=4, train_n_times=1, hidden=8, num_examples=4,
+                                batch_size=4, n_times=4, rtol=1e-3, atol=1e-3)
+    assert math.isfinite(out["vardeq_bound_bpd"]["mean"]) and math.isfinite(out["vardeq_ode_bpd"]["mean"])
+    assert out["vardeq_bound_bpd"]["n"] == 4 and out["ode_nfe_mean"] > 0
+    assert out["vardeq_ode_bpd"]["mean"] > 0

@@ -38,6 +38,17 @@ def test_unet_shapes_dtypes(shape, mult, attn, dtype):
     assert torch.isfinite(out).all() and out.abs().sum() > 0
 
 
+@pytest.mark.parametrize("base", [4, 8, 32])
+def test_unet_depends_on_time(base):
+    """The time embedding must survive the GroupNorms (it did not when added before a norm whose
+    groups hold one channel each)."""
+    net = UNet(1, base, (1, 2), 1).double()
+    _randomise_output(net)
+    x = torch.randn(3, 1, 8, 8, dtype=torch.float64)
+    a, b = net(x, torch.zeros(3, dtype=torch.float64)), net(x, torch.full((3,), 0.5, dtype=torch.float64))
+    assert (a - b).abs().max() > 1e-3 * a.abs().max()
+
+
 def test_unet_odd_size_is_cropped_not_mixed():
     """Padding 28 -> 32 must not leak: each output pixel depends on the input, crop is aligned."""
     net = UNet(1, 8, (1, 2, 2), 1).double()
@@ -107,7 +118,7 @@ def test_all_rows_present():
 def test_gin_rows_parse_and_build(row):
     from experiments.runner import experiment, parse_gin
 
-    parse_gin([row, "presets/cpu_small.gin", "presets/cpu_small_scoreflow.gin"])
+    parse_gin([row, "presets/cpu_small.gin"])
     exp = experiment()
     assert isinstance(exp.model, ScoreModel) and exp.objective.num_levels == 17
     x = torch.randn(2, 1, 8, 8)

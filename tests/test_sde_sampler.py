@@ -136,6 +136,7 @@ def test_predictor_matches_chain_recursion_and_target(sde_cls, t_end, t0, predic
     assert _within(x, mean, var, extra_rel=0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_cls,t_end,t0", [CASES[0], CASES[2], CASES[4], (SubVPSDE, 1e-3, 0.3)])
 @pytest.mark.parametrize("predictor", ["euler_maruyama", "reverse_diffusion"])
 def test_predictor_corrector_returns_target(sde_cls, t_end, t0, predictor):
@@ -151,6 +152,7 @@ def test_predictor_corrector_returns_target(sde_cls, t_end, t0, predictor):
     assert _within(pooled, torch.zeros(2, dtype=x.dtype), var[:2], extra_rel=_langevin_allowance(VAR_D))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("corrector", [None, "langevin"])
 @pytest.mark.parametrize("sde_cls,t_end,t0", [CASES[0], (VPSDE, 1e-3, 0.3), (SubVPSDE, 1e-3, 0.3)])
 def test_sign_flipped_score_fails(sde_cls, t_end, t0, corrector):

@@ -246,3 +246,19 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     assert not torch.equal(one["model"]["logits"], torch.zeros_like(one["model"]["logits"]))
     # Only rank 0 logged: one record per update.
     assert [r["step"] for r in read_jsonl(tmp_path / "two" / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+
+
+class LossInMetrics(TinyNLL):
+    """An objective that also reports its loss under the metric name ``loss`` (as DSM does)."""
+
+    def __call__(self, model, batch):
+        loss, metrics = super().__call__(model, batch)
+        return loss, {**metrics, "loss": loss.item()}
+
+
+def test_loss_metric_is_not_counted_twice(tmp_path):
+    _trainer(num_steps=3).fit(_model(), LossInMetrics(K), _data(), tmp_path)
+    for record in read_jsonl(tmp_path / "metrics.jsonl"):
+        if record["kind"] == "train":
+            # TinyNLL's loss is the mean nll in nats, also reported as ``nll``.
+            assert record["loss"] == pytest.approx(record["nll"], rel=1e-9)

@@ -80,12 +80,15 @@ class ArrayDataset:
         data: int64 levels ``[N, C, H, W]`` (images) or float32 ``[N, 2]`` (toys).
         labels: int64 ``[N]`` class labels, or None.
         num_levels: K for integer data, None for continuous data.
+        data_dir: the directory the files were read from (None for embedded and generated
+            data), so that code given a split can load the dataset's other split.
     """
 
     name: str
     data: Tensor
     labels: Tensor | None
     num_levels: int | None
+    data_dir: str | None = None
 
     def __post_init__(self) -> None:
         if self.labels is not None and len(self.labels) != len(self.data):
@@ -322,4 +325,5 @@ def load_dataset(
             f"{name}: pixel values in [{int(data.min())}, {int(data.max())}], "
             f"expected [0, {num_levels - 1}]"
         )
-    return ArrayDataset(name, data, labels, num_levels)
+    on_disk = name not in ("digits",)
+    return ArrayDataset(name, data, labels, num_levels, str(root) if on_disk else None)

@@ -1,8 +1,9 @@
 """Compact DDPM++-style score U-Net (papers/002 uses DDPM++; this keeps its structure, not its size).
 
 ``net(x [B, C, H, W], t [B]) -> like x``. Structure: sinusoidal embedding of t -> MLP; a 3x3
-input conv; per resolution ``num_res_blocks`` residual blocks (GroupNorm, SiLU, conv, plus a
-projection of the time embedding, skip connections rescaled by 1/sqrt(2) as in DDPM++) and
+input conv; per resolution ``num_res_blocks`` residual blocks (GroupNorm, SiLU, conv, a
+time-dependent scale and shift after the second GroupNorm, skip connections rescaled by 1/sqrt(2)
+as in DDPM++) and
 optional self-attention after the blocks of the levels in ``attn_levels`` (level 0 is full
 resolution; DDPM++ on 32x32 attends at 16x16, level 1) and always once in the middle; average-pool downsampling,
 nearest-neighbour upsampling with U-Net skips; GroupNorm, SiLU and a zero-initialised 3x3 output
@@ -23,18 +24,26 @@ from hybrids.models.mlp import sinusoidal_embedding
 
 
 def _groups(channels: int, max_groups: int = 32) -> int:
-    """Largest number of GroupNorm groups <= max_groups that divides ``channels``."""
-    return next(g for g in range(min(max_groups, channels), 0, -1) if channels % g == 0)
+    """GroupNorm groups as DDPM++: min(channels // 4, 32), lowered until it divides ``channels``
+    (so every group holds at least 4 channels when channels >= 4)."""
+    top = max(1, min(max_groups, channels // 4))
+    return next(g for g in range(top, 0, -1) if channels % g == 0)
 
 
 class ResBlock(nn.Module):
-    """GN-SiLU-conv, + Dense(temb), GN-SiLU-dropout-conv (zero init), skip; sum / sqrt(2)."""
+    """GN-SiLU-conv, GN with a time-dependent scale and shift, SiLU-dropout-conv (zero init),
+    skip; sum / sqrt(2).
+
+    The time embedding enters AFTER the second GroupNorm as h * (1 + scale(t)) + shift(t)
+    (adaptive group norm). Adding it before a GroupNorm, as DDPM++ does, lets the norm remove it
+    entirely when a group holds a single channel, as happens in the tiny CPU networks.
+    """
 
     def __init__(self, c_in: int, c_out: int, temb_dim: int, dropout: float):
         super().__init__()
         self.norm1 = nn.GroupNorm(_groups(c_in), c_in)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.temb = nn.Linear(temb_dim, c_out)
+        self.temb = nn.Linear(temb_dim, 2 * c_out)
         self.norm2 = nn.GroupNorm(_groups(c_out), c_out)
         self.drop = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
@@ -44,8 +53,9 @@ class ResBlock(nn.Module):
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.temb(F.silu(temb))[:, :, None, None]
-        h = self.conv2(self.drop(F.silu(self.norm2(h))))
+        scale, shift = self.temb(F.silu(temb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.drop(F.silu(h)))
         return (self.skip(x) + h) / math.sqrt(2.0)
 
 

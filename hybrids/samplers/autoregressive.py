@@ -24,8 +24,10 @@ Methods:
   run for the next pixel (exact for any autoregressive model);
   (2) row prefix: for PixelCNN++/NCPN, outputs in rows <= r depend on input rows <= r only
   (down-shifted convolutions, causal downsampling, strictly causal attention), so pixel (r, c)
-  is computed from the first rows only, rounded up to a multiple of 4 rows (the U-Net's two
-  stride-2 stages). The attention's position channels are taken from the full image grid.
+  is computed from the first r + 1 rows only. No padding to a multiple of 4 rows is needed: the
+  U-Net's stride-2 stages align rows from the top and its upsampled maps are cropped to the
+  matching up-pass sizes, so every prefix length gives the full pass's rows (tested for every
+  prefix on odd and even sizes). The attention's position channels come from the full grid.
   Discrete samples agree exactly with ``naive`` (tests); continuous ones agree to rounding,
   because convolutions over fewer rows may sum in a different order.
 """
@@ -42,7 +44,6 @@ from hybrids.models.layers import CausalAttention
 from hybrids.models.pixelcnnpp import NCPN, PixelCNNpp
 
 METHODS = ("fast", "naive")
-_ROW_MULTIPLE = 4  # 2 stride-2 downsampling stages in PixelCNN++'s U-Net
 
 
 @contextlib.contextmanager
@@ -141,7 +142,7 @@ def ancestral_sample(
     stale = True  # x changed since the last forward pass
     with _full_grid_positions(model, height, width) if row_prefix else contextlib.nullcontext():
         for r in range(height):
-            rows = min(height, -(-(r + 1) // _ROW_MULTIPLE) * _ROW_MULTIPLE) if row_prefix else height
+            rows = r + 1 if row_prefix else height
             for col in range(width):
                 if method == "naive" or stale or params.shape[2] <= r:
                     params = _row_prefix_params(model, x[:, :, :rows], t_vec) if row_prefix else model(x, t_vec)
