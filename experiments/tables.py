@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 SCALES: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
     "smoke": (("presets/cpu_small.gin", "presets/smoke.gin"), {}),
     "small": (("presets/cpu_small.gin", "presets/mnist_small.gin"), {}),
-    "paper": ((), {}),
+    "paper": (("presets/paper.gin",), {}),
 }
 
 

@@ -22,6 +22,19 @@ def _clear_gin():
     gin.clear_config()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_data_cache(tmp_path_factory):
+    """Caches the library writes by default (classifiers, dataset statistics) go to a temporary
+    directory, never into the user's ~/.cache/hybrids."""
+    previous = os.environ.get("HYBRIDS_DATA")
+    os.environ["HYBRIDS_DATA"] = str(tmp_path_factory.mktemp("hybrids_data"))
+    yield
+    if previous is None:
+        os.environ.pop("HYBRIDS_DATA", None)
+    else:
+        os.environ["HYBRIDS_DATA"] = previous
+
+
 @pytest.fixture
 def mnist_path() -> Path:
     """Path of the shared MNIST npz; skips the test with a reason when it is absent."""

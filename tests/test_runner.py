@@ -128,7 +128,7 @@ def test_dry_run_prints_config_and_builds_nothing(tmp_path, capsys, monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert run_experiment([TINY, "presets/cpu_small.gin"], dry_run=True) is None
     printed = capsys.readouterr().out
-    assert "Trainer.num_steps = 300" in printed  # the later file wins
+    assert "Trainer.num_steps = 200" in printed  # the later file wins
     assert "experiment.model = @TinyCategorical()" in printed
     assert f"# workdir: {Path('runs') / 'tiny'}" in printed
     assert not (tmp_path / "runs").exists()
@@ -148,7 +148,7 @@ def test_cli_dry_run_from_another_directory(tmp_path):
            "--gin_bindings=Trainer.lr = 0.5"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env())
     assert proc.returncode == 0, proc.stderr
-    assert "Trainer.lr = 0.5" in proc.stdout and "Trainer.num_steps = 300" in proc.stdout
+    assert "Trainer.lr = 0.5" in proc.stdout and "Trainer.num_steps = 200" in proc.stdout
 
 
 def test_paper_and_cpu_presets_parse():
@@ -162,7 +162,7 @@ def test_paper_and_cpu_presets_parse():
         from hybrids.training import Trainer
 
         trainer = Trainer()
-        assert trainer.num_steps == gin.query_parameter("Trainer.num_steps")
+        assert trainer.checkpoint_every == gin.query_parameter("Trainer.checkpoint_every")
     assert torch.get_num_threads() >= 1
 
 
