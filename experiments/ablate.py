@@ -35,15 +35,20 @@ from experiments.cells import cell_done, flatten_results, last_error_line, run_c
 from experiments.runner import MODES, RESULTS_FILE, parse_gin, resolve_gin_file
 from hybrids.io import atomic_write_text, read_json
 
-flags.DEFINE_multi_string("gin_file", [], "Gin file(s) of the row (names under gin/ or paths).")
-flags.DEFINE_multi_string("gin_bindings", [], "Bindings shared by every cell.")
-flags.DEFINE_string("grid", None, 'JSON object {"Configurable.param": [value, ...], ...}.')
-flags.DEFINE_string("workdir", None, "Parent directory of the cells' workdirs.")
-flags.DEFINE_string("mode", "all", f"Mode of every cell: {', '.join(MODES)}.")
-flags.DEFINE_string("device", "cpu", "cpu, cuda or cuda:N.")
-flags.DEFINE_string("data_dir", None, "Dataset directory passed to each cell.")
-flags.DEFINE_bool("in_process", False, "Run the cells in this process (faster) instead of a subprocess each.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Define the command-line flags (only when run as a program, so that importing this
+    module next to the other entry points defines no flag twice)."""
+    flags.DEFINE_multi_string("gin_file", [], "Gin file(s) of the row (names under gin/ or paths).")
+    flags.DEFINE_multi_string("gin_bindings", [], "Bindings shared by every cell.")
+    flags.DEFINE_string("grid", None, 'JSON object {"Configurable.param": [value, ...], ...}.')
+    flags.DEFINE_string("workdir", None, "Parent directory of the cells' workdirs.")
+    flags.DEFINE_string("mode", "all", f"Mode of every cell: {', '.join(MODES)}.")
+    flags.DEFINE_string("device", "cpu", "cpu, cuda or cuda:N.")
+    flags.DEFINE_string("data_dir", None, "Dataset directory passed to each cell.")
+    flags.DEFINE_bool("in_process", False, "Run the cells in this process (faster) instead of a subprocess each.")
 
 
 def to_gin_literal(value: Any) -> str:
@@ -190,4 +195,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -2,16 +2,19 @@ r"""Rebuild one table of a source paper: our numbers beside the paper's.
 
 Usage::
 
-    python -m experiments.reproduce --table=ncml_table1 --scale=smoke|small|paper --workdir=DIR \
-        [--collect_only] [--device=cpu] [--data_dir=DIR] [--in_process]
+    python -m experiments.reproduce --table=ncml_table1 --scale=smoke|cpu|small|paper --workdir=DIR \
+        [--gin_bindings=...] [--collect_only] [--device=cpu] [--data_dir=DIR] [--in_process]
 
 Each row of a table (``experiments/tables.py``) is one gin row file run with
 ``python -m experiments.run --mode=all`` in ``WORKDIR/<row>``, plus the scale's preset:
 
 * ``smoke``: ``presets/cpu_small.gin`` with a few updates and tiny evaluations: minutes on 2 cores,
   exercised by the tests; its numbers only show that the pipeline runs;
-* ``small``: ``presets/mnist_small.gin``: the MNIST scale of docs/results.md;
-* ``paper``: the row files as they are (the papers' datasets and sizes; needs a GPU and the data).
+* ``cpu``: ``presets/cpu_small.gin``: every row on the embedded digits, about a minute a row;
+* ``small``: ``presets/cpu_small.gin`` + ``presets/mnist_small.gin``: the same networks on MNIST
+  (read from ``--data_dir``), 2000 updates a row;
+* ``paper``: the row files + ``presets/paper.gin`` (the papers' datasets and sizes; needs a GPU and
+  the data).
 
 Rows whose ``results.json`` already records a full run are collected, not rerun, so an interrupted
 reproduction resumes; ``--collect_only`` runs nothing. A failing row is reported in the table (status
@@ -23,7 +26,7 @@ import csv
 import io
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from absl import app, flags
 
@@ -32,14 +35,21 @@ from experiments.runner import RESULTS_FILE, resolve_gin_file
 from experiments.tables import SCALES, TABLES, Table
 from hybrids.io import atomic_write_text, read_json
 
-flags.DEFINE_string("table", None, "Table to rebuild.")
-flags.DEFINE_string("scale", "smoke", f"One of {', '.join(SCALES)}.")
-flags.DEFINE_string("workdir", None, "Directory of the table (one subdirectory per row).")
-flags.DEFINE_bool("collect_only", False, "Only collect the rows' existing results.")
-flags.DEFINE_string("device", "cpu", "cpu, cuda or cuda:N.")
-flags.DEFINE_string("data_dir", None, "Dataset directory passed to every row.")
-flags.DEFINE_bool("in_process", False, "Run rows in this process instead of a subprocess each.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Define the command-line flags (only when run as a program, so that importing this
+    module next to the other entry points defines no flag twice)."""
+    flags.DEFINE_string("table", None, "Table to rebuild.")
+    flags.DEFINE_string("scale", "smoke", f"One of {', '.join(SCALES)}.")
+    flags.DEFINE_string("workdir", None, "Directory of the table (one subdirectory per row).")
+    flags.DEFINE_bool("collect_only", False, "Only collect the rows' existing results.")
+    flags.DEFINE_multi_string("gin_bindings", [], "Bindings applied to every row after the scale's presets.")
+    flags.DEFINE_string("device", "cpu", "cpu, cuda or cuda:N.")
+    flags.DEFINE_string("data_dir", None, "Dataset directory passed to every row.")
+    flags.DEFINE_bool("in_process", False, "Run rows in this process instead of a subprocess each.")
+
 
 MODE = "all"
 
@@ -60,8 +70,12 @@ def _format(value: Any) -> str:
 
 
 def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only: bool = False,
-              device: str = "cpu", data_dir: str | None = None, in_process: bool = False) -> list[dict[str, Any]]:
+              device: str = "cpu", data_dir: str | None = None, in_process: bool = False,
+              gin_bindings: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Run (or resume, or only collect) every row of a table and write ``table.md``/``table.csv``.
+
+    ``gin_bindings`` are applied to every row after the scale's presets (e.g. a shorter
+    ``Trainer.num_steps``); they are written into each row's command in the table.
 
     Returns:
         One dict per row: ``row``, ``status`` ('done', 'collected', 'missing' or 'failed'), ``error``,
@@ -77,7 +91,8 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
     for row in table.rows:
         row_dir = root / row.slug
         gin_files = [resolve_gin_file(name) for name in (*row.gin_files, *preset_files)]
-        bindings = [*preset_bindings.get("*", ()), *preset_bindings.get(table.name, ()), *row.bindings]
+        bindings = [*preset_bindings.get("*", ()), *preset_bindings.get(table.name, ()), *row.bindings,
+                    *gin_bindings]
         status, error = "collected", ""
         if not cell_done(row_dir, MODE):
             if collect_only:
@@ -91,7 +106,7 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
         flat = flatten_results(read_json(results_path).get("results", {})) if results_path.exists() else {}
         ours = {col.name: flat.get(col.key) for col in table.columns}
         rows.append({"row": row.label, "status": status, "error": error, "ours": ours, "paper": dict(row.paper),
-                     "command": row.command(scale)})
+                     "command": row.command(scale, gin_bindings)})
         print(f"{table.name}: {row.label}: {status}" + (f" -- {error}" if error else ""), flush=True)
     write_table(root, table, scale, rows)
     return rows
@@ -123,7 +138,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"--table and --workdir are required; tables: {', '.join(sorted(TABLES))}.")
     try:
         rows = reproduce(FLAGS.table, FLAGS.scale, FLAGS.workdir, collect_only=FLAGS.collect_only,
-                         device=FLAGS.device, data_dir=FLAGS.data_dir, in_process=FLAGS.in_process)
+                         device=FLAGS.device, data_dir=FLAGS.data_dir, in_process=FLAGS.in_process,
+                         gin_bindings=FLAGS.gin_bindings)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         sys.exit(2)
@@ -132,4 +148,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

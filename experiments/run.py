@@ -19,16 +19,21 @@ from absl import app, flags
 
 from experiments.runner import MODES, run_experiment
 
-flags.DEFINE_multi_string(
-    "gin_file", [], "Gin file: a name under gin/ (e.g. ncml_vp.gin) or a path; repeatable, later files override.")
-flags.DEFINE_multi_string(
-    "gin_bindings", [], "Gin binding, e.g. 'Trainer.lr = 1e-3'; repeatable, applied after the files.")
-flags.DEFINE_string("workdir", None, "Run directory (default runs/<stem of the first gin file>).")
-flags.DEFINE_string("mode", "all", f"One of {', '.join(MODES)}.")
-flags.DEFINE_string("data_dir", None, "Dataset directory (default $HYBRIDS_DATA or ~/.cache/hybrids).")
-flags.DEFINE_string("device", "cpu", "cpu, cuda or cuda:N.")
-flags.DEFINE_bool("dry_run", False, "Print the resolved configuration and exit.")
 FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Define the command-line flags (only when run as a program, so that importing this
+    module next to the other entry points defines no flag twice)."""
+    flags.DEFINE_multi_string(
+        "gin_file", [], "Gin file: a name under gin/ (e.g. ncml_vp.gin) or a path; repeatable, later files override.")
+    flags.DEFINE_multi_string(
+        "gin_bindings", [], "Gin binding, e.g. 'Trainer.lr = 1e-3'; repeatable, applied after the files.")
+    flags.DEFINE_string("workdir", None, "Run directory (default runs/<stem of the first gin file>).")
+    flags.DEFINE_string("mode", "all", f"One of {', '.join(MODES)}.")
+    flags.DEFINE_string("data_dir", None, "Dataset directory (default $HYBRIDS_DATA or ~/.cache/hybrids).")
+    flags.DEFINE_string("device", "cpu", "cpu, cuda or cuda:N.")
+    flags.DEFINE_bool("dry_run", False, "Print the resolved configuration and exit.")
 
 
 def main(argv: list[str]) -> None:
@@ -46,4 +51,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 # scale -> (preset gin files appended to every row, extra bindings by table name or '*')
 SCALES: dict[str, tuple[tuple[str, ...], dict[str, tuple[str, ...]]]] = {
     "smoke": (("presets/cpu_small.gin", "presets/smoke.gin"), {}),
+    "cpu": (("presets/cpu_small.gin",), {}),
     "small": (("presets/cpu_small.gin", "presets/mnist_small.gin"), {}),
     "paper": (("presets/paper.gin",), {}),
 }
@@ -39,11 +40,11 @@ class Row:
         """Directory name of the row's workdir."""
         return re.sub(r"[^A-Za-z0-9.+-]+", "_", self.label).strip("_").lower()
 
-    def command(self, scale: str) -> str:
+    def command(self, scale: str, extra_bindings: tuple[str, ...] | list[str] = ()) -> str:
         """The ``experiments.run`` command that produces this row at ``scale``."""
         files = [*self.gin_files, *SCALES[scale][0]]
         parts = ["python -m experiments.run", *(f"--gin_file={f}" for f in files)]
-        parts += [f"--gin_bindings='{b}'" for b in self.bindings]
+        parts += [f"--gin_bindings='{b}'" for b in (*self.bindings, *extra_bindings)]
         return " ".join(parts + [f"--workdir=runs/{self.slug}", "--mode=all"])
 
 

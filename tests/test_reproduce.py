@@ -27,7 +27,7 @@ def test_every_row_file_of_every_table_exists():
 def test_unknown_table_and_scale_fail_with_the_choices(tmp_path):
     with pytest.raises(ValueError, match="ncml_table1"):
         get_table("table9")
-    with pytest.raises(ValueError, match="smoke, small, paper"):
+    with pytest.raises(ValueError, match="smoke, cpu, small, paper"):
         reproduce("gps", "huge", tmp_path)
 
 
