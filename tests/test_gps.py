@@ -140,7 +140,7 @@ def test_bad_inputs_raise():
         GPSModel(TinyNet((3,)), sigma=-1.0, M=2)
     with pytest.raises(ValueError, match="class"):
         MultimeasurementDenoising(sigma=1.0, M=2, num_levels=None)(model, torch.randn(4, 3))
-    with pytest.raises(ValueError, match="num_levels"):
+    with pytest.raises(TypeError, match="num_levels"):
         MultimeasurementDenoising(num_levels=None)(model, torch.zeros(4, 3, dtype=torch.int64))
     with pytest.raises(TypeError, match="GPSModel"):
         MultimeasurementDenoising(num_levels=None)(nn.Linear(3, 3), torch.randn(4, 3))

@@ -18,18 +18,8 @@ import gin
 import torch
 from torch import Tensor
 
-from hybrids.objectives.dsm import to_model_space
+from hybrids.objectives.batches import batch_data, to_model_space
 from hybrids.sdes import SDE
-
-
-def _data(batch) -> Tensor:
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            raise ValueError("batch is an empty tuple/list; pass a data tensor or (data, labels).")
-        batch = batch[0]
-    if not isinstance(batch, Tensor):
-        raise TypeError(f"batch must be a Tensor or a tuple/list whose first item is one; got {type(batch)}.")
-    return batch
 
 
 def _normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -126,7 +116,7 @@ class CSM:
         return x_t, t, self.sde.marginal_coefs(t).std ** 2
 
     def __call__(self, model, batch, *, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-        data = _data(batch)
+        data = batch_data(batch)
         dtype = next((p.dtype for p in model.parameters()), torch.get_default_dtype())
         x0 = to_model_space(data, self.num_levels, generator, dtype)
         x, t, weight = self.perturb(x0, generator)

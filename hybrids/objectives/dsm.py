@@ -34,7 +34,7 @@ import gin
 import torch
 from torch import Tensor
 
-from hybrids.data import dequantize
+from hybrids.objectives.batches import batch_data, to_model_space
 from hybrids.sdes import SDE, SubVPSDE, VESDE, VPSDE
 
 Weighting = Callable[[SDE, Tensor], Tensor]
@@ -216,35 +216,6 @@ def importance_sample_t(
 
 
 # --- the objective -------------------------------------------------------------------------------
-def _batch_data(batch) -> Tensor:
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            raise ValueError("batch is an empty tuple/list; pass a data tensor or (data, labels).")
-        batch = batch[0]
-    if not isinstance(batch, Tensor):
-        raise TypeError(f"batch must be a Tensor or a tuple/list whose first item is one; got {type(batch)}.")
-    return batch
-
-
-def to_model_space(data: Tensor, num_levels: int | None, generator: torch.Generator | None = None,
-                   dtype: torch.dtype = torch.float32) -> Tensor:
-    """Integer levels -> uniformly dequantized x in [-1, 1]; float data returned as they are.
-
-    Raises:
-        TypeError: if integer data come with ``num_levels=None`` or float data with a K.
-    """
-    if data.is_floating_point():
-        if num_levels is not None:
-            raise TypeError(
-                f"Float data given to an objective with num_levels={num_levels}; set num_levels=None "
-                "for continuous data (e.g. 2-D toys) or pass integer levels."
-            )
-        return data
-    if num_levels is None:
-        raise TypeError("Integer data need num_levels (e.g. 256, or 17 for digits) to be dequantized.")
-    return dequantize(data, num_levels, generator, dtype=dtype)
-
-
 @gin.configurable(module="hybrids.objectives")
 class DSM:
     """Denoising score matching objective ``objective(model, batch) -> (loss, metrics)``.
@@ -313,7 +284,7 @@ class DSM:
         return 0.5 * factor * sq
 
     def __call__(self, model, batch, *, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-        data = _batch_data(batch)
+        data = batch_data(batch)
         dtype = next((p.dtype for p in model.parameters()), torch.get_default_dtype())
         x0 = to_model_space(data, self.num_levels, generator, dtype)
         losses = self.per_example_loss(model, x0, generator)

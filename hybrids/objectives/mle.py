@@ -13,34 +13,7 @@ import gin
 import torch
 from torch import Tensor, nn
 
-from hybrids.data import check_levels
-
-
-def batch_data(batch: Any) -> Tensor:
-    """The data tensor of a batch: the batch itself or the first item of a tuple/list."""
-    data = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if not isinstance(data, Tensor):
-        raise TypeError(f"batch must be a Tensor or a tuple/list whose first item is one; got {type(data).__name__}.")
-    if data.ndim < 2:
-        raise ValueError(f"data must have a batch dimension first, [B, ...]; got shape {tuple(data.shape)}.")
-    return data
-
-
-def check_data(data: Tensor, num_levels: int | None) -> None:
-    """Integer levels in {0..K-1} when ``num_levels`` is set, floating data when it is None."""
-    if num_levels is None:
-        if not data.is_floating_point():
-            raise TypeError(
-                f"num_levels=None means continuous data, but the batch has dtype {data.dtype}; "
-                "set the objective's num_levels to the dataset's number of levels for integer data."
-            )
-    else:
-        if data.is_floating_point():
-            raise TypeError(
-                f"num_levels={num_levels} expects integer levels, but the batch has dtype {data.dtype}; "
-                "set num_levels=None for continuous data."
-            )
-        check_levels(data, num_levels)
+from hybrids.objectives.batches import batch_data, check_data
 
 
 @gin.configurable(module="hybrids.objectives")

@@ -19,15 +19,8 @@ import gin
 import torch
 from torch import Tensor
 
-from hybrids.data import dequantize
 from hybrids.models.gps import GPSModel
-
-
-def _data_tensor(batch) -> Tensor:
-    x = batch[0] if isinstance(batch, (tuple, list)) else batch
-    if not isinstance(x, Tensor):
-        raise TypeError(f"batch must be a Tensor or a tuple/list starting with one, got {type(x).__name__}.")
-    return x
+from hybrids.objectives.batches import batch_data, to_model_space
 
 
 @gin.configurable(module="hybrids.objectives")
@@ -78,18 +71,14 @@ class MultimeasurementDenoising:
 
     def _continuous(self, x: Tensor, model: GPSModel, generator: torch.Generator | None) -> Tensor:
         """Float data as is; integer levels dequantized to [-1, 1] in the model's parameter dtype."""
-        if x.dtype.is_floating_point:
-            return x
-        if self.num_levels is None:
-            raise ValueError("integer data need num_levels (the objective has num_levels=None).")
         param = next(model.parameters(), None)
         dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
-        return dequantize(x, self.num_levels, generator, dtype=dtype)
+        return to_model_space(x, self.num_levels, generator, dtype)
 
     def per_example_loss(self, model: GPSModel, batch, generator: torch.Generator | None = None) -> Tensor:
         """||x - xhat(ybar)||^2 / D for each example, ``[B]``."""
         sigma, M = self._noise_params(model)
-        x = self._continuous(_data_tensor(batch), model, generator)
+        x = self._continuous(batch_data(batch), model, generator)
         if self.sample_measurements:
             eps = torch.randn((x.shape[0], M) + tuple(x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device)
             ybar = (x.unsqueeze(1) + sigma * eps).mean(dim=1)

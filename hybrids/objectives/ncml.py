@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from hybrids.data import dequantize
-from hybrids.objectives.mle import batch_data, check_data
+from hybrids.objectives.batches import batch_data, check_data
 from hybrids.sdes import SDE, SubVPSDE, VESDE, VPSDE
 
 PAPER_T_MAX: dict[type, float] = {VESDE: 0.5, VPSDE: 0.1, SubVPSDE: 0.025}
