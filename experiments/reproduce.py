@@ -18,7 +18,9 @@ Each row of a table (``experiments/tables.py``) is one gin row file run with
 
 Rows whose ``results.json`` already records a full run are collected, not rerun, so an interrupted
 reproduction resumes; ``--collect_only`` runs nothing. A failing row is reported in the table (status
-column) and the exit status is 1. Writes ``WORKDIR/table.md`` and ``WORKDIR/table.csv``.
+column) and the exit status is 1. Writes ``WORKDIR/table.md`` and ``WORKDIR/table.csv``, and beside
+them the pictures of ``experiments/plots.py`` that the rows have data for (``loss_curves.png``,
+``samples.png``, ``pi_robustness.png``, ``condition_number.png``), linked from ``table.md``.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from typing import Any, Sequence
 from absl import app, flags
 
 from experiments.cells import cell_done, flatten_results, last_error_line, run_cell, run_cell_in_process
+from experiments.plots import append_picture_links, write_table_plots
 from experiments.runner import RESULTS_FILE, resolve_gin_file
 from experiments.tables import SCALES, TABLES, Table
 from hybrids.io import atomic_write_text, read_json
@@ -72,7 +75,8 @@ def _format(value: Any) -> str:
 def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only: bool = False,
               device: str = "cpu", data_dir: str | None = None, in_process: bool = False,
               gin_bindings: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Run (or resume, or only collect) every row of a table and write ``table.md``/``table.csv``.
+    """Run (or resume, or only collect) every row of a table and write ``table.md``/``table.csv``
+    and the table's pictures (``experiments.plots``).
 
     ``gin_bindings`` are applied to every row after the scale's presets (e.g. a shorter
     ``Trainer.num_steps``); they are written into each row's command in the table.
@@ -109,6 +113,8 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
                      "command": row.command(scale, gin_bindings)})
         print(f"{table.name}: {row.label}: {status}" + (f" -- {error}" if error else ""), flush=True)
     write_table(root, table, scale, rows)
+    pictures = write_table_plots(root, table, [(row.label, root / row.slug) for row in table.rows])
+    append_picture_links(root / "table.md", pictures)
     return rows
 
 

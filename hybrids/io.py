@@ -21,6 +21,13 @@ from torch import Tensor
 PathLike = str | os.PathLike
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: PathLike, write_fn: Callable[[IO[bytes]], None]) -> Path:
     """Write a file atomically: ``write_fn`` fills a temporary file that replaces ``path``.
 
@@ -43,6 +50,7 @@ def atomic_write(path: PathLike, write_fn: Callable[[IO[bytes]], None]) -> Path:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):

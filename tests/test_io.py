@@ -68,3 +68,17 @@ def test_json_helpers(tmp_path):
     truncate_jsonl(tmp_path / "m.jsonl", lambda r: r["step"] <= 3)
     assert read_jsonl(tmp_path / "m.jsonl") == [{"step": 1}, {"step": 2}, {"step": 3}]
     assert read_jsonl(tmp_path / "absent.jsonl") == []
+
+
+def test_atomic_write_gives_the_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from hybrids.io import atomic_write_text
+
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "results.json", "{}")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -1,0 +1,199 @@
+"""Pictures of a reproduced table, saved as PNG next to ``table.md`` (see ``experiments.reproduce``).
+
+From the rows' workdirs (``metrics.jsonl``, ``results.json``, ``samples/*.png``):
+
+* ``loss_curves.png``: training loss against step, one line per row;
+* ``samples.png``: one panel per row, the row's first sample picture (by file name);
+* ``pi_robustness.png``: NLL (bpd) against the perturbation probability pi, one line per row
+  (rows with ``ncml_pi_eval`` results; error bars are one standard error);
+* ``condition_number.png``: kappa against M on log-log axes, along the universality class and at
+  the fixed sigma (rows with ``conditioning_eval`` results; rows with the same curve share a line).
+
+A picture without data is not written. Files are written atomically and drawn with matplotlib's
+Agg backend, so no display is needed.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+from experiments.runner import RESULTS_FILE
+from experiments.tables import Table
+from hybrids.io import atomic_write, atomic_write_text, read_json, read_jsonl
+from hybrids.training import METRICS_FILE
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+RowDirs = list[tuple[str, Path]]
+
+PICTURES = {
+    "loss_curves.png": "loss curves",
+    "samples.png": "samples",
+    "pi_robustness.png": "NLL against pi",
+    "condition_number.png": "condition number against M",
+}
+
+
+def write_table_plots(root: Path, table: Table, rows_dirs: RowDirs) -> list[Path]:
+    """Draw every picture that the rows have data for into ``root``.
+
+    Args:
+        root: the table's directory (where ``table.md`` is).
+        table: the table, for the pictures' titles.
+        rows_dirs: ``(row label, row workdir)`` per row, in table order; missing files are skipped.
+
+    Returns:
+        The paths written, in the order of :data:`PICTURES`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    drawers: dict[str, Callable[[RowDirs], Figure | None]] = {
+        "loss_curves.png": _loss_curves,
+        "samples.png": _sample_panels,
+        "pi_robustness.png": _pi_robustness,
+        "condition_number.png": _condition_numbers,
+    }
+    written = []
+    for name, draw in drawers.items():
+        fig = draw(rows_dirs)
+        if fig is None:
+            continue
+        fig.suptitle(f"{table.name}: {PICTURES[name]}")
+        written.append(atomic_write(Path(root) / name, lambda f, fig=fig: fig.savefig(f, format="png")))
+    return written
+
+
+def append_picture_links(markdown: Path, pictures: list[Path]) -> None:
+    """Add a "Pictures" section linking ``pictures`` (siblings of ``markdown``) to the file."""
+    if not pictures:
+        return
+    links = [f"![{PICTURES.get(p.name, p.stem)}]({p.name})" for p in pictures]
+    text = markdown.read_text(encoding="utf-8").rstrip("\n")
+    atomic_write_text(markdown, "\n\n".join([text, "Pictures:", *links]) + "\n")
+
+
+def _figure(width: float = 6.0, height: float = 4.0) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+
+
+def _finite(value: Any) -> float | None:
+    """``value`` as a float, or ``None`` if it is missing or not finite (JSON keeps nan as "nan")."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _results(row_dir: Path) -> dict[str, Any]:
+    path = row_dir / RESULTS_FILE
+    return read_json(path).get("results", {}) if path.exists() else {}
+
+
+def _loss_curves(rows_dirs: RowDirs) -> Figure | None:
+    """Training loss against step, one line per row with ``kind == "train"`` records."""
+    fig, ax, all_losses = None, None, []
+    for label, row_dir in rows_dirs:
+        points = [(r["step"], _finite(r.get("loss"))) for r in read_jsonl(row_dir / METRICS_FILE)
+                  if r.get("kind") == "train" and "step" in r]
+        points = [(step, loss) for step, loss in points if loss is not None]
+        if not points:
+            continue
+        if fig is None:
+            fig = _figure()
+            ax = fig.add_subplot(1, 1, 1)
+        steps, losses = zip(*points)
+        ax.plot(steps, losses, marker="." if len(points) < 20 else None, label=label)
+        all_losses.extend(losses)
+    if fig is None:
+        return None
+    if min(all_losses) > 0 and max(all_losses) / min(all_losses) > 100:  # spans decades
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _sample_panels(rows_dirs: RowDirs) -> Figure | None:
+    """One panel per row with samples: its first ``samples/*.png`` by name."""
+    from PIL import Image
+
+    panels = []
+    for label, row_dir in rows_dirs:
+        files = sorted((row_dir / "samples").glob("*.png"))
+        if files:
+            with Image.open(files[0]) as image:
+                pixels = np.asarray(image if image.mode == "L" else image.convert("RGB"))
+            panels.append((f"{label}\n{files[0].stem}", pixels))
+    if not panels:
+        return None
+    ncols = min(4, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig = _figure(3.0 * ncols, 3.2 * nrows + 0.4)
+    for i, (title, pixels) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_title(title, fontsize="small")
+        ax.set_axis_off()
+    return fig
+
+
+def _pi_robustness(rows_dirs: RowDirs) -> Figure | None:
+    """NLL (bpd) against pi from ``ncml_pi_eval``, with one-standard-error bars where known."""
+    fig, ax = None, None
+    for label, row_dir in rows_dirs:
+        result = _results(row_dir).get("ncml_pi_eval", {})
+        se = result.get("se", {})
+        points = sorted((float(pi), _finite(bpd), _finite(se.get(pi)) or 0.0)
+                        for pi, bpd in result.get("bpd", {}).items())
+        points = [p for p in points if p[1] is not None]
+        if not points:
+            continue
+        if fig is None:
+            fig = _figure()
+            ax = fig.add_subplot(1, 1, 1)
+        pis, bpds, errors = zip(*points)
+        ax.errorbar(pis, bpds, yerr=errors, marker="o", capsize=3, label=label)
+    if fig is None:
+        return None
+    ax.set_xlabel("pi (probability of perturbing the least significant bit)")
+    ax.set_ylabel("NLL (bpd)")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def _condition_numbers(rows_dirs: RowDirs) -> Figure | None:
+    """kappa against M from ``conditioning_eval``: both series, log-log; equal curves drawn once."""
+    series = {"kappa_class": ("solid", "universality class (sigma_eff sqrt M)"),
+              "kappa_fixed_sigma": ("dashed", "fixed sigma")}
+    curves: dict[tuple[str, tuple[tuple[int, float], ...]], list[str]] = {}
+    for label, row_dir in rows_dirs:
+        result = _results(row_dir).get("conditioning_eval", {})
+        for key in series:
+            kappas = map(_finite, result.get(key, []))
+            points = tuple((int(m), kappa) for m, kappa in zip(result.get("M", []), kappas)
+                           if kappa is not None and kappa > 0)
+            if points:
+                curves.setdefault((key, points), []).append(label)
+    if not curves:
+        return None
+    fig = _figure(7.0, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    for (key, points), labels in curves.items():
+        linestyle, name = series[key]
+        ms, kappas = zip(*points)
+        ax.plot(ms, kappas, marker="o", linestyle=linestyle, label=f"{name}: {', '.join(labels)}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("M (number of measurements)")
+    ax.set_ylabel("condition number kappa")
+    ax.legend(fontsize="x-small")
+    return fig
