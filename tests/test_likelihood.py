@@ -212,6 +212,39 @@ def test_eps_corrected_bound_and_ode(entropy):
     assert abs(float(-model.log_prob(x[:1], torch.tensor(eps, dtype=F64))) - exact) > 0.05
 
 
+def _corrected_bound_closed_form(sde, mean, var, x, eps):
+    """E over x_eps ~ p_0eps(.|x) of -log p_eps(x_eps) - log r(x|x_eps), minus H, for the exact
+    score of Gaussian data at ONE datapoint x (per dimension, V = m^2 v + s^2, d = x - mu):
+    0.5 log(2 pi V) + (m^2 d^2 + s^2) / (2 V) + 0.5 log(2 pi s^2 / m^2) + m^2 s^2 d^2 / (2 V^2)
+    + (1 - s^2 / V)^2 / 2 - 0.5 log(2 pi e s^2)."""
+    c = sde.marginal_coefs(torch.tensor([eps], dtype=F64))
+    m2, s2 = float(c.mean_coef**2), float(c.std**2)
+    V = m2 * var + s2
+    d2 = (x - mean) ** 2
+    terms = (0.5 * torch.log(2 * math.pi * V) + (m2 * d2 + s2) / (2 * V)
+             + 0.5 * torch.log(torch.tensor(2 * math.pi * s2 / m2, dtype=F64)) + m2 * s2 * d2 / (2 * V**2)
+             + (1 - s2 / V) ** 2 / 2 - 0.5 * math.log(2 * math.pi * math.e * s2))
+    return float(terms.sum())
+
+
+@pytest.mark.parametrize("sde", [VESDE(), VPSDE()], ids=["ve", "vp"])
+def test_eps_corrected_bound_matches_its_closed_form_at_one_datapoint(sde):
+    """The integral runs on the data x, the decoder on x_eps: evaluating the integral at x_eps
+    instead (noise added twice) shifts the mean by ~ D m^2 s^2 / (2 V), which this test resolves."""
+    eps = 1e-2 if isinstance(sde, VPSDE) else 1e-5
+    mean, var = torch.tensor([0.1, -0.3], dtype=F64), torch.tensor([1e-4, 2e-4], dtype=F64)
+    model = GaussianDataModel(mean, var, sde)
+    x = torch.tensor([[0.112, -0.31]], dtype=F64).expand(4000, 2).clone()
+    b = dsm_bound(model, sde, x, n_times=50, eps=eps, eps_correction=True, entropy="sample",
+                  generator=torch.Generator().manual_seed(3))
+    expected = _corrected_bound_closed_form(sde, mean, var, x[0], eps)
+    se = float(b.std() / math.sqrt(b.numel()))
+    c = sde.marginal_coefs(torch.tensor([eps], dtype=F64))
+    double_noise_shift = float((c.mean_coef**2 * c.std**2 / (2 * (c.mean_coef**2 * var + c.std**2))).sum())
+    assert 4 * se < double_noise_shift / 2, (se, double_noise_shift)
+    assert abs(float(b.mean()) - expected) < 4 * se, (float(b.mean()), expected, se)
+
+
 def test_bound_rejects_bad_arguments():
     sde = VPSDE()
     model = GaussianDataModel(MEAN, VAR, sde)

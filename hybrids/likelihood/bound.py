@@ -12,13 +12,18 @@ The time integral is a Monte Carlo average over ``n_times`` draws of t per datap
 its own z, from U[eps, T] or from the importance sampler q(t) proportional to g^2/sigma^2 of
 ``hybrids.objectives.dsm`` (weight 1/q = Z sigma_t^2 / g^2).
 
-Eps correction (papers/002 App. B, as the reference code applies it): the bound above bounds
--log p_eps(x_eps). With x_eps ~ N(m_eps x, s_eps^2 I) and the Tweedie decoder
-r(x | x_eps) = N((x_eps + s_eps^2 s(x_eps, eps)) / m_eps, (s_eps / m_eps)^2 I),
+Eps correction (papers/002 App. B, as the reference code applies it). With the transition kernel
+p_0t started at the data x, the integral above restricted to [eps, T] (call it bound_eps(x))
+bounds E_{x_eps ~ p_0eps(.|x)}[-log p_eps(x_eps)], not -log p_eps(x): the path starts at x at
+time 0 and reaches x_eps ~ N(m_eps x, s_eps^2 I) at eps (for exact scores it equals that
+expectation). With the Tweedie decoder r(x | x_eps) = N((x_eps + s_eps^2 s(x_eps, eps)) / m_eps,
+(s_eps / m_eps)^2 I) and the forward transition as variational posterior (Jensen),
 
-    -log p(x) <= E[ bound_eps(x_eps) - log r(x | x_eps) ] - H,   H = D/2 log(2 pi e s_eps^2),
+    -log p(x) <= bound_eps(x) - E[log r(x | x_eps)] - H,   H = D/2 log(2 pi e s_eps^2).
 
-valid by Jensen with the forward transition as variational posterior.
+So the integral is evaluated at x and only the decoder term at a draw x_eps. (METHODS.md writes
+E[bound_eps(x_eps) - log r]; evaluating the kernel-from-0 integral at x_eps would add the eps
+noise twice, loosening the bound by about D m_eps^2 s_eps^2 / (2 Var) nats.)
 """
 from __future__ import annotations
 
@@ -142,7 +147,9 @@ def dsm_bound(
     fn = as_score_fn(score_fn)
     correction = None
     if eps_correction:
-        x, correction = eps_correction_sample(fn, sde, x, eps, generator, entropy)
+        # The integral below, with x_t = m_t x + sigma_t z drawn from the kernel started at the data,
+        # bounds E_{x_eps ~ p_0eps(.|x)}[-log p_eps(x_eps)]; only the decoder terms use x_eps.
+        _, correction = eps_correction_sample(fn, sde, x, eps, generator, entropy)
     batch, num_dims = x.shape[0], x[0].numel()
     total = torch.zeros(batch, dtype=x.dtype, device=x.device)
     done = 0
