@@ -11,14 +11,13 @@ Tolerances, per statistic:
   that (i) the Monte-Carlo moments match the recursion within 5 SE (the loop and the noise are right)
   and (ii) the recursion matches p_{t_end} to 1% (the step is a consistent discretisation; at
   h = 1e-3 the first-order bias is a few 1e-3 and a sign-flipped score is off by orders of magnitude).
-* Langevin corrector: the per-example step eps = 2 a snr^2 ||z||^2 / ||s(x)||^2 depends on the state
-  and on the noise of the same step, so the corrector alone does not leave p_t invariant. In the
-  small-step limit its stationary law is q ∝ p / eps ∝ p ||s||^2, which inflates the variance of
-  dimension j by 1 + 2 (1/v_j) / sum_d (1/v_d); using the step's own z inflates the noise by (D + 2)/D;
-  the unadjusted step adds v / (1 - eps / (2 v)). The allowance is the product of the three minus 1,
-  plus 1% (about 10% here). All three terms are O(1/D) or O(snr^2) and vanish for images; with
-  D = 2 the first two alone give a factor of 2-4, so these tests use D = 128 and pool the moments
-  over the 64 dimensions that share a variance.
+* Langevin corrector: the step eps = 2 a snr^2 (mean ||z|| / mean ||s||)^2 is shared by the batch
+  (score_sde's rule), so for an exact Gaussian score the corrector is an unadjusted Langevin step of
+  a fixed size, whose stationary variance is v / (1 - eps / (2 v)); with E ||s||^2 = sum_d 1/v_d
+  and E ||z||^2 = D, eps ~ 2 a snr^2 D / sum_d (1/v_d). The allowance is that inflation minus 1, plus
+  1%. The D = 128 tests pool the moments over the 64 dimensions that share a variance; a 2-D test
+  guards against a per-example step ratio ||z_b|| / ||s_b||, which is heavy-tailed near the mode in
+  low dimension (it inflated a 2-D variance 17-fold).
 """
 from __future__ import annotations
 
@@ -104,10 +103,8 @@ def _langevin_allowance(var: torch.Tensor) -> float:
     num_dims = var.numel()
     inv_sum = float((1 / var).sum())
     eps_over_v = 2 * a * SNR**2 * num_dims / inv_sum / var
-    state = 1 + 2 / (var * inv_sum)
-    noise = 1 + 2 / num_dims
     ula = 1 / (1 - eps_over_v / 2)
-    return float((state * noise * ula - 1).max()) + 0.01
+    return float((ula - 1).max()) + 0.01
 
 
 def _pooled(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -150,6 +147,18 @@ def test_predictor_corrector_returns_target(sde_cls, t_end, t0, predictor):
     assert torch.isfinite(x).all()
     pooled = _pooled(x, mean)
     assert _within(pooled, torch.zeros(2, dtype=x.dtype), var[:2], extra_rel=_langevin_allowance(VAR_D))
+
+
+@pytest.mark.parametrize("sde_cls,t_end,t0", [CASES[0], (VPSDE, 1e-3, 0.3)])
+def test_corrector_in_two_dimensions(sde_cls, t_end, t0):
+    sde = sde_cls()
+    model = GaussianDataModel(MU, VAR, sde)
+    g = torch.Generator().manual_seed(13)
+    x0 = model.sample(N, t0, generator=g)
+    x = pc_sample(model.score_fn(), sde, x0, t_start=t0, t_end=t_end, num_steps=round((t0 - t_end) / H),
+                  corrector="langevin", snr=SNR, generator=g)
+    mean, var = _target(model, t_end)
+    assert _within(x, mean, var, extra_rel=_langevin_allowance(VAR))
 
 
 @pytest.mark.slow
