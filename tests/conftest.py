@@ -7,8 +7,15 @@ from pathlib import Path
 import gin
 import pytest
 import torch
+from hypothesis import settings
 
 torch.set_num_threads(1)
+
+# CI runs the property tests with a fixed seed (a red CI must be reproducible); locally hypothesis
+# explores new examples on every run.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO_ROOT.parent / "shared" / "data" / "mnist.npz"
