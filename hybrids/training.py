@@ -126,8 +126,25 @@ def load_ema(model: nn.Module, workdir: str | os.PathLike) -> int:
             f"no checkpoint in {Path(workdir) / CHECKPOINT_DIR}; train first (--mode=train or --mode=all)."
         )
     state = load_checkpoint(path)
-    model.load_state_dict(state["ema"])
+    load_weights(model, state["ema"], path)
     return int(state["step"])
+
+
+def load_weights(model: nn.Module, state_dict: dict[str, Any], path: Path) -> None:
+    """``model.load_state_dict`` with an error that says what to do when the checkpoint in the
+    workdir was written by a different configuration (other network sizes or model class).
+
+    Raises:
+        ValueError: the checkpoint's parameters do not fit ``model``.
+    """
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as err:
+        raise ValueError(
+            f"the checkpoint {path} does not fit the configured model (it was written by a different "
+            "configuration); use a new --workdir, or the gin files and bindings of that run (its "
+            f"operative_config.gin). torch said: {str(err).splitlines()[0]}"
+        ) from err
 
 
 class _ObjectiveModule(nn.Module):
@@ -352,8 +369,8 @@ class Trainer:
         ckpt_path = latest_checkpoint(workdir)
         if ckpt_path is not None:
             state = load_checkpoint(ckpt_path, map_location=self.device)
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
+            load_weights(model, state["model"], ckpt_path)
+            load_weights(ema, state["ema"], ckpt_path)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"]["torch"].cpu())

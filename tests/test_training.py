@@ -262,3 +262,11 @@ def test_loss_metric_is_not_counted_twice(tmp_path):
         if record["kind"] == "train":
             # TinyNLL's loss is the mean nll in nats, also reported as ``nll``.
             assert record["loss"] == pytest.approx(record["nll"], rel=1e-9)
+
+
+def test_resume_with_another_configuration_fails_clearly(tmp_path):
+    _trainer(num_steps=2).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    other = TinyCategorical(shape=(1, 2, 3), num_levels=K)
+    data = torch.randint(0, K, (64, 1, 2, 3), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="new --workdir"):
+        _trainer(num_steps=4).fit(other, TinyNLL(K), data, tmp_path)
