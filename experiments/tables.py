@@ -63,12 +63,13 @@ _NCML_COLUMNS = (
     Column("NLL pi=0.5 (bpd)", "ncml_pi_eval.bpd.0.5"),
     Column("NLL pi=1 (bpd)", "ncml_pi_eval.bpd.1.0"),
     Column("degradation pi 0->1 (bpd)", "ncml_pi_eval.degradation"),
+    Column("FD (see metric)", "sample_fd_eval.fd"),
 )
 
 
-def _ncml(label: str, gin: str, nll: tuple[float, float, float]) -> Row:
+def _ncml(label: str, gin: str, nll: tuple[float, float, float], fid: float) -> Row:
     names = [c.name for c in _NCML_COLUMNS]
-    return Row(label, (gin,), paper=tuple(zip(names, (*nll, round(nll[2] - nll[0], 2)))))
+    return Row(label, (gin,), paper=tuple(zip(names, (*nll, round(nll[2] - nll[0], 2), fid))))
 
 
 NCML_TABLE1 = Table(
@@ -77,15 +78,17 @@ NCML_TABLE1 = Table(
     source="papers/000 (NCML), Table 1; METHODS.md section 6",
     columns=_NCML_COLUMNS,
     rows=(
-        _ncml("PixelCNN++ (MLE)", "pixelcnnpp_mle.gin", (2.92, 3.84, 4.01)),
-        _ncml("NCPN (NCML-VE)", "ncml_ve.gin", (2.90, 3.77, 3.98)),
-        _ncml("NCPN (NCML-subVP)", "ncml_subvp.gin", (2.95, 3.69, 3.94)),
-        _ncml("NCPN (NCML-VP)", "ncml_vp.gin", (3.42, 3.65, 3.91)),
+        _ncml("PixelCNN++ (MLE)", "pixelcnnpp_mle.gin", (2.92, 3.84, 4.01), 55.72),
+        _ncml("NCPN (NCML-VE)", "ncml_ve.gin", (2.90, 3.77, 3.98), 32.71),
+        _ncml("NCPN (NCML-subVP)", "ncml_subvp.gin", (2.95, 3.69, 3.94), 23.42),
+        _ncml("NCPN (NCML-VP)", "ncml_vp.gin", (3.42, 3.65, 3.91), 13.50),
     ),
     notes=(
-        "Paper FIDs (CIFAR-10, Inception): PixelCNN++ 55.72, NCML-VE 32.71, NCML-subVP 23.42, "
-        "NCML-VP 13.50 (12.09 in a later version). The paper's finding: NCML models degrade less "
-        "from pi = 0 to pi = 1 than PixelCNN++.",
+        "FD: our column is Inception FID only when sample_fd_eval.inception_weights is set; otherwise "
+        "it is the Frechet distance in the library's domain classifier's features (results.json "
+        "names the metric) and is not comparable with the paper's CIFAR-10 Inception FIDs (NCML-VP: "
+        "13.50, 12.09 in a later version). Samples: ancestral (PixelCNN++), hybrid (NCML rows). "
+        "The paper's finding: NCML models degrade less from pi = 0 to pi = 1 than PixelCNN++.",
     ),
 )
 
