@@ -67,45 +67,48 @@ class DownRightShiftedConv2d(nn.Module):
         return self.conv(F.pad(x, self.pad))
 
 
-class DownShiftedDeconv2d(nn.Module):
-    """Stride-2 transposed convolution, cropped to keep the down-shifted receptive field.
+class _ShiftedDeconv2d(nn.Module):
+    """Stride-2 transposed convolution (``h x w`` to ``2h x 2w``) followed by a crop that keeps a
+    shifted receptive field; ``forward(x, size)`` crops further to ``size`` (odd sizes)."""
 
-    Maps ``h x w`` to ``2h x 2w``; ``forward(x, size)`` crops further to ``size`` (odd sizes).
-    """
+    def __init__(self, c_in: int, c_out: int, filter_size: tuple[int, int], weight_norm: bool = False):
+        super().__init__()
+        self.filter_size = filter_size
+        self.deconv = _maybe_weight_norm(
+            nn.ConvTranspose2d(c_in, c_out, filter_size, stride=2, output_padding=1), weight_norm
+        )
+
+    def _crop(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+        return self._crop(self.deconv(x))[:, :, : size[0], : size[1]]
+
+
+class DownShiftedDeconv2d(_ShiftedDeconv2d):
+    """Transposed convolution cropped to keep the down-shifted receptive field (centred columns)."""
 
     def __init__(self, c_in: int, c_out: int, filter_size: tuple[int, int] = (2, 3),
                  weight_norm: bool = False):
-        super().__init__()
-        self.filter_size = filter_size
-        self.deconv = _maybe_weight_norm(
-            nn.ConvTranspose2d(c_in, c_out, filter_size, stride=2, output_padding=1), weight_norm
-        )
+        super().__init__(c_in, c_out, filter_size, weight_norm)
 
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+    def _crop(self, y: Tensor) -> Tensor:
         fh, fw = self.filter_size
-        y = self.deconv(x)
         h, w = y.shape[2], y.shape[3]
-        y = y[:, :, : h - fh + 1, (fw - 1) // 2 : w - (fw - 1) // 2]
-        return y[:, :, : size[0], : size[1]]
+        return y[:, :, : h - fh + 1, (fw - 1) // 2 : w - (fw - 1) // 2]
 
 
-class DownRightShiftedDeconv2d(nn.Module):
-    """Stride-2 transposed convolution, cropped to keep the down-right receptive field."""
+class DownRightShiftedDeconv2d(_ShiftedDeconv2d):
+    """Transposed convolution cropped to keep the down-right receptive field."""
 
     def __init__(self, c_in: int, c_out: int, filter_size: tuple[int, int] = (2, 2),
                  weight_norm: bool = False):
-        super().__init__()
-        self.filter_size = filter_size
-        self.deconv = _maybe_weight_norm(
-            nn.ConvTranspose2d(c_in, c_out, filter_size, stride=2, output_padding=1), weight_norm
-        )
+        super().__init__(c_in, c_out, filter_size, weight_norm)
 
-    def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
+    def _crop(self, y: Tensor) -> Tensor:
         fh, fw = self.filter_size
-        y = self.deconv(x)
         h, w = y.shape[2], y.shape[3]
-        y = y[:, :, : h - fh + 1, : w - fw + 1]
-        return y[:, :, : size[0], : size[1]]
+        return y[:, :, : h - fh + 1, : w - fw + 1]
 
 
 class Nin(nn.Module):
