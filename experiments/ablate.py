@@ -13,6 +13,10 @@ Cell i runs ``python -m experiments.run`` in ``WORKDIR/<i>_<bindings>`` (a subpr
 keeps gin state apart; ``--in_process`` calls the same ``run_experiment`` in this process instead).
 A cell whose ``results.json`` records every stage of the mode is skipped, so an interrupted grid
 resumes; a failing cell is recorded with its error and the grid goes on.
+``--from_checkpoint`` (a checkpoint file, or a workdir whose latest checkpoint is taken) evaluates
+ONE trained model under every cell's bindings -- e.g. the same model under different samplers or
+sampler settings -- with ``--mode=eval`` or ``--mode=sample``: each cell's workdir starts with a copy
+of that checkpoint (run the grid once per mode to get both).
 ``WORKDIR/summary.csv`` and ``WORKDIR/summary.md`` hold one row per cell: bindings, status, error
 and the flattened scalar results. The exit status is 1 when a cell failed.
 """
@@ -24,6 +28,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,8 +37,10 @@ import gin
 from absl import app, flags
 
 from experiments.cells import cell_done, flatten_results, last_error_line, run_cell, run_cell_in_process
+from experiments.plots import append_picture_links, write_grid_plots
 from experiments.runner import MODES, RESULTS_FILE, parse_gin, resolve_gin_file
-from hybrids.io import atomic_write_text, read_json
+from hybrids.io import atomic_write, atomic_write_text, read_json
+from hybrids.training import CHECKPOINT_DIR, latest_checkpoint
 
 FLAGS = flags.FLAGS
 
@@ -49,6 +56,10 @@ def define_flags() -> None:
     flags.DEFINE_string("device", "cpu", "cpu, cuda or cuda:N.")
     flags.DEFINE_string("data_dir", None, "Dataset directory passed to each cell.")
     flags.DEFINE_bool("in_process", False, "Run the cells in this process (faster) instead of a subprocess each.")
+    flags.DEFINE_list("plot_keys", [], "Result keys (as in summary.csv) to plot against the value of a "
+                      "one-key numeric grid in sweep.png.")
+    flags.DEFINE_string("from_checkpoint", None, "Checkpoint file, or workdir whose latest checkpoint is "
+                        "used, copied into every cell (modes eval and sample only).")
 
 
 def to_gin_literal(value: Any) -> str:
@@ -100,6 +111,28 @@ def cell_name(index: int, cell: dict[str, Any]) -> str:
     return f"{index:03d}_{text}"
 
 
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or the latest checkpoint of a workdir; clear errors when there is none."""
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise ValueError(f"--from_checkpoint: {path} holds no checkpoint ({CHECKPOINT_DIR}/ckpt_*.pt); "
+                             "train it first or name a checkpoint file.")
+        return found
+    if not path.is_file():
+        raise ValueError(f"--from_checkpoint: {path} is neither a checkpoint file nor a workdir.")
+    return path
+
+
+def seed_cell(cell_dir: Path, checkpoint: Path) -> None:
+    """Copy ``checkpoint`` into a cell's checkpoint directory (atomically) unless it has one."""
+    if latest_checkpoint(cell_dir) is not None:
+        return
+    with open(checkpoint, "rb") as source:
+        atomic_write(cell_dir / CHECKPOINT_DIR / checkpoint.name, lambda f: shutil.copyfileobj(source, f))
+
+
 def write_summary(workdir: Path, grid: dict[str, list], rows: list[dict[str, Any]]) -> None:
     """Write ``summary.csv`` and ``summary.md`` (one row per cell)."""
     result_keys = sorted({k for row in rows for k in row["results"]})
@@ -123,7 +156,9 @@ def write_summary(workdir: Path, grid: dict[str, list], rows: list[dict[str, Any
 
 def run_grid(gin_files: Sequence[str], grid: str | dict[str, list], workdir: str | os.PathLike, *,
              gin_bindings: Sequence[str] = (), mode: str = "all", device: str = "cpu",
-             data_dir: str | None = None, in_process: bool = False) -> list[dict[str, Any]]:
+             data_dir: str | None = None, in_process: bool = False,
+             from_checkpoint: str | os.PathLike | None = None,
+             plot_keys: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Run (or resume) every cell of the grid; see the module docstring.
 
     Args:
@@ -135,6 +170,11 @@ def run_grid(gin_files: Sequence[str], grid: str | dict[str, list], workdir: str
         device: device of every cell.
         data_dir: dataset directory.
         in_process: run cells in this process instead of one subprocess each.
+        from_checkpoint: checkpoint file or workdir; every cell evaluates (mode eval) or samples
+            (mode sample) this one trained model under its bindings.
+        plot_keys: flattened result keys drawn against the grid value in ``sweep.png`` (a grid
+            over one numeric binding); the other pictures of ``experiments.plots`` are drawn
+            whenever the cells have data for them, and linked from ``summary.md``.
 
     Returns:
         One dict per cell: ``cell``, ``bindings``, ``status`` ('done', 'skipped' or 'failed'),
@@ -147,6 +187,15 @@ def run_grid(gin_files: Sequence[str], grid: str | dict[str, list], workdir: str
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
     grid = parse_grid(grid)
+    if plot_keys and (len(grid) != 1 or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in next(iter(grid.values())))):
+        raise ValueError(f"--plot_keys needs a grid over one numeric binding; got {json.dumps(grid)}.")
+    checkpoint = None
+    if from_checkpoint is not None:
+        if mode not in ("eval", "sample"):
+            raise ValueError(f"--from_checkpoint evaluates one trained model, so --mode must be eval or "
+                             f"sample; got {mode!r}.")
+        checkpoint = resolve_checkpoint(from_checkpoint)
     paths = [resolve_gin_file(name) for name in gin_files]
     cells = grid_cells(grid)
     # Fail at once on a misspelt key rather than once per cell (gin state is cleared after).
@@ -161,6 +210,8 @@ def run_grid(gin_files: Sequence[str], grid: str | dict[str, list], workdir: str
         cell_dir = root / cell_name(index, cell)
         status, error = "skipped", ""
         if not cell_done(cell_dir, mode):
+            if checkpoint is not None:
+                seed_cell(cell_dir, checkpoint)
             runner = run_cell_in_process if in_process else run_cell
             code, stderr = runner(paths, [*gin_bindings, *cell_bindings(cell)], cell_dir, mode, device, data_dir)
             status = "done" if code == 0 else "failed"
@@ -172,6 +223,9 @@ def run_grid(gin_files: Sequence[str], grid: str | dict[str, list], workdir: str
         print(f"[{index + 1}/{len(cells)}] {cell_dir.name}: {status}" + (f" -- {error}" if error else ""),
               flush=True)
         write_summary(root, grid, rows)
+    cells_dirs = [(", ".join(f"{k}={to_gin_literal(v)}" for k, v in row["bindings"].items()), root / row["cell"])
+                  for row in rows]
+    append_picture_links(root / "summary.md", write_grid_plots(root, rows, cells_dirs, plot_keys))
     return rows
 
 
@@ -183,7 +237,8 @@ def main(argv: list[str]) -> None:
     try:
         rows = run_grid(FLAGS.gin_file, FLAGS.grid, FLAGS.workdir, gin_bindings=FLAGS.gin_bindings,
                         mode=FLAGS.mode, device=FLAGS.device, data_dir=FLAGS.data_dir,
-                        in_process=FLAGS.in_process)
+                        in_process=FLAGS.in_process, from_checkpoint=FLAGS.from_checkpoint,
+                        plot_keys=FLAGS.plot_keys)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -1,4 +1,5 @@
-"""Pictures of a reproduced table, saved as PNG next to ``table.md`` (see ``experiments.reproduce``).
+"""Pictures of a reproduced table (next to ``table.md``, ``experiments.reproduce``) or of an
+ablation grid (next to ``summary.md``, ``experiments.ablate``), saved as PNG.
 
 From the rows' workdirs (``metrics.jsonl``, ``results.json``, ``samples/*.png``):
 
@@ -7,7 +8,9 @@ From the rows' workdirs (``metrics.jsonl``, ``results.json``, ``samples/*.png``)
 * ``pi_robustness.png``: NLL (bpd) against the perturbation probability pi, one line per row
   (rows with ``ncml_pi_eval`` results; error bars are one standard error);
 * ``condition_number.png``: kappa against M on log-log axes, along the universality class and at
-  the fixed sigma (rows with ``conditioning_eval`` results; rows with the same curve share a line).
+  the fixed sigma (rows with ``conditioning_eval`` results; rows with the same curve share a line);
+* ``sweep.png`` (grids only): chosen scalar results against the value of a one-key numeric grid,
+  one panel per result key.
 
 A picture without data is not written. Files are written atomically and drawn with matplotlib's
 Agg backend, so no display is needed.
@@ -35,6 +38,7 @@ PICTURES = {
     "samples.png": "samples",
     "pi_robustness.png": "NLL against pi",
     "condition_number.png": "condition number against M",
+    "sweep.png": "results against the grid value",
 }
 
 
@@ -66,6 +70,58 @@ def write_table_plots(root: Path, table: Table, rows_dirs: RowDirs) -> list[Path
         fig.suptitle(f"{table.name}: {PICTURES[name]}")
         written.append(atomic_write(Path(root) / name, lambda f, fig=fig: fig.savefig(f, format="png")))
     return written
+
+
+def write_grid_plots(root: Path, cells: list[dict[str, Any]], cells_dirs: RowDirs,
+                     plot_keys: list[str] = ()) -> list[Path]:
+    """Pictures of an ablation grid: those of :func:`write_table_plots` (one "row" per cell) and,
+    for a grid over one numeric binding, ``sweep.png`` with each of ``plot_keys`` (flattened
+    result keys) against the binding's value.
+
+    Args:
+        root: the grid's directory (where ``summary.md`` is).
+        cells: ``experiments.ablate.run_grid``'s rows (``bindings`` and flattened ``results``).
+        cells_dirs: ``(cell label, cell workdir)`` per cell, in grid order.
+        plot_keys: result keys for ``sweep.png``.
+
+    Raises:
+        ValueError: ``plot_keys`` for a grid that is not over one numeric binding.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    written = []
+    for name, draw in (("loss_curves.png", _loss_curves), ("samples.png", _sample_panels),
+                       ("condition_number.png", _condition_numbers)):
+        fig = draw(cells_dirs)
+        if fig is not None:
+            fig.suptitle(PICTURES[name])
+            written.append(atomic_write(Path(root) / name, lambda f, fig=fig: fig.savefig(f, format="png")))
+    if plot_keys:
+        fig = _sweep(cells, list(plot_keys))
+        written.append(atomic_write(Path(root) / "sweep.png", lambda f: fig.savefig(f, format="png")))
+    return written
+
+
+def _sweep(cells: list[dict[str, Any]], keys: list[str]) -> Figure:
+    """One panel per result key: its value against the grid's single numeric binding."""
+    names = {name for cell in cells for name in cell["bindings"]}
+    values = [next(iter(cell["bindings"].values())) if len(cell["bindings"]) == 1 else None for cell in cells]
+    if len(names) != 1 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"a sweep plot needs a grid over one numeric binding; got bindings {sorted(names)} "
+                         f"with values {values}.")
+    (name,) = names
+    fig = _figure(3.6 * len(keys), 3.4)
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        points = sorted((float(v), y) for v, cell in zip(values, cells)
+                        if (y := _finite(cell["results"].get(key))) is not None)
+        if points:
+            ax.plot(*zip(*points), marker="o")
+        ax.set_xscale("log" if all(x > 0 for x, _ in points) and len(points) > 2 else "linear")
+        ax.set_xlabel(name)
+        ax.set_title(key, fontsize="small")
+    return fig
 
 
 def append_picture_links(markdown: Path, pictures: list[Path]) -> None:

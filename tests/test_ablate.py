@@ -77,14 +77,55 @@ def test_two_by_two_grid_then_resume(tmp_path):
     nll = [r["results"]["tiny_nll_eval.nll"] for r in rows]
     assert nll[0] < nll[2]  # the cells got their bindings: 4 Adam steps of lr 0.05 beat lr 0.01
     assert nll[1] == pytest.approx(nll[0], rel=1e-4)  # Adam is invariant to the loss scale (up to eps)
-    md = (tmp_path / "summary.md").read_text().splitlines()
+    md = [line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("|")]
     assert len(md) == 2 + 4 and "tiny_nll_eval.nll" in md[0]
+    assert (tmp_path / "loss_curves.png").exists() and "](loss_curves.png)" in (tmp_path / "summary.md").read_text()
 
     mtimes = [(c / "results.json").stat().st_mtime_ns for c in cells]
     again = run_grid([TINY], grid, tmp_path, gin_bindings=FAST, mode="all", in_process=True)
     assert [r["status"] for r in again] == ["skipped"] * 4
     assert [(c / "results.json").stat().st_mtime_ns for c in cells] == mtimes
     assert [r["results"] for r in again] == [r["results"] for r in rows]
+
+
+def test_from_checkpoint_evaluates_one_trained_model_in_every_cell(tmp_path):
+    trained = tmp_path / "trained"
+    run_grid([TINY], {"tiny_nll_eval.num_examples": [16]}, trained, gin_bindings=FAST, mode="all",
+             in_process=True)
+    train_dir = next(p for p in trained.iterdir() if p.is_dir())
+    nll_16 = read_json(train_dir / "results.json")["results"]["tiny_nll_eval"]["nll"]
+    ckpt = train_dir / "checkpoints" / "ckpt_00000004.pt"
+    grid = {"tiny_nll_eval.num_examples": [16, 64]}
+    rows = run_grid([TINY], grid, tmp_path / "evals", gin_bindings=FAST, mode="eval", in_process=True,
+                    from_checkpoint=train_dir, plot_keys=["tiny_nll_eval.nll", "tiny_nll_eval.n"])
+    assert [r["status"] for r in rows] == ["done", "done"]
+    cells = sorted(p for p in (tmp_path / "evals").iterdir() if p.is_dir())
+    for cell in cells:
+        assert (cell / "checkpoints" / ckpt.name).read_bytes() == ckpt.read_bytes()
+        assert read_json(cell / "results.json")["step"] == 4
+    # the same trained weights, evaluated under each cell's bindings
+    assert rows[0]["results"]["tiny_nll_eval.nll"] == nll_16
+    assert rows[1]["results"]["tiny_nll_eval.n"] == 64
+    # the sweep picture of the two keys against the grid value, linked from the summary
+    sweep = tmp_path / "evals" / "sweep.png"
+    assert sweep.stat().st_size > 1000 and "](sweep.png)" in (tmp_path / "evals" / "summary.md").read_text()
+    # a checkpoint file works too; an untrained model (no seeding) would not give nll_16
+    rows = run_grid([TINY], {"tiny_nll_eval.num_examples": [16]}, tmp_path / "file", gin_bindings=FAST,
+                    mode="eval", in_process=True, from_checkpoint=ckpt)
+    assert rows[0]["results"]["tiny_nll_eval.nll"] == nll_16
+
+
+def test_from_checkpoint_errors_name_the_problem(tmp_path):
+    grid = {"tiny_nll_eval.num_examples": [16]}
+    with pytest.raises(ValueError, match="one numeric binding"):
+        run_grid([TINY], {"Trainer.lr": [0.1], "TinyNLL.scale": [1.0]}, tmp_path / "g", plot_keys=["x"])
+    with pytest.raises(ValueError, match="--mode must be eval or sample"):
+        run_grid([TINY], grid, tmp_path / "g", mode="all", from_checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="holds no checkpoint"):
+        run_grid([TINY], grid, tmp_path / "g", mode="eval", from_checkpoint=tmp_path)
+    with pytest.raises(ValueError, match="neither a checkpoint file nor a workdir"):
+        run_grid([TINY], grid, tmp_path / "g", mode="eval", from_checkpoint=tmp_path / "nope.pt")
+    assert not (tmp_path / "g").exists()
 
 
 @pytest.mark.slow
