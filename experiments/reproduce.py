@@ -3,7 +3,8 @@ r"""Rebuild one table of a source paper: our numbers beside the paper's.
 Usage::
 
     python -m experiments.reproduce --table=ncml_table1 --scale=smoke|cpu|small|paper --workdir=DIR \
-        [--gin_bindings=...] [--collect_only] [--device=cpu] [--data_dir=DIR] [--in_process]
+        [--gin_bindings=...] [--rows=SLUG,...] [--collect_only] [--device=cpu] [--data_dir=DIR] \
+        [--in_process]
 
 Each row of a table (``experiments/tables.py``) is one gin row file run with
 ``python -m experiments.run --mode=all`` in ``WORKDIR/<row>``, plus the scale's preset:
@@ -18,7 +19,9 @@ Each row of a table (``experiments/tables.py``) is one gin row file run with
 
 Rows whose ``results.json`` already records a full run are collected, not rerun, so an interrupted
 reproduction resumes; ``--collect_only`` runs nothing. A failing row is reported in the table (status
-column) and the exit status is 1. Writes ``WORKDIR/table.md`` and ``WORKDIR/table.csv``, and beside
+column) and the exit status is 1. ``--rows`` runs a subset (e.g. two processes on disjoint rows
+of one workdir); rows outside it are only collected (status 'not selected' when they have no
+results) and do not change the exit status. Writes ``WORKDIR/table.md`` and ``WORKDIR/table.csv``, and beside
 them the pictures of ``experiments/plots.py`` that the rows have data for (``loss_curves.png``,
 ``samples.png``, ``pi_robustness.png``, ``condition_number.png``), linked from ``table.md``.
 """
@@ -52,6 +55,8 @@ def define_flags() -> None:
     flags.DEFINE_string("device", "cpu", "cpu, cuda or cuda:N.")
     flags.DEFINE_string("data_dir", None, "Dataset directory passed to every row.")
     flags.DEFINE_bool("in_process", False, "Run rows in this process instead of a subprocess each.")
+    flags.DEFINE_list("rows", None, "Only run these rows (slugs or labels, comma-separated); the other "
+                      "rows are collected if their results exist.")
 
 
 MODE = "all"
@@ -74,21 +79,24 @@ def _format(value: Any) -> str:
 
 def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only: bool = False,
               device: str = "cpu", data_dir: str | None = None, in_process: bool = False,
-              gin_bindings: Sequence[str] = ()) -> list[dict[str, Any]]:
+              gin_bindings: Sequence[str] = (), rows: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Run (or resume, or only collect) every row of a table and write ``table.md``/``table.csv``
     and the table's pictures (``experiments.plots``).
 
     ``gin_bindings`` are applied to every row after the scale's presets (e.g. a shorter
-    ``Trainer.num_steps``); they are written into each row's command in the table.
+    ``Trainer.num_steps``); they are written into each row's command in the table. ``rows``
+    (slugs or labels) restricts what is run; the other rows are only collected.
 
     Returns:
-        One dict per row: ``row``, ``status`` ('done', 'collected', 'missing' or 'failed'), ``error``,
+        One dict per row: ``row``, ``status`` ('done', 'collected', 'missing', 'not selected' or
+        'failed'), ``error``,
         ``ours`` (column name -> value) and ``paper`` (column name -> value).
     """
     table = get_table(table_name)
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
     preset_files, preset_bindings = SCALES[scale]
+    selected = select_rows(table, rows)
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -99,7 +107,9 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
                     *gin_bindings]
         status, error = "collected", ""
         if not cell_done(row_dir, MODE):
-            if collect_only:
+            if row not in selected:
+                status = "not selected"
+            elif collect_only:
                 status = "missing"
             else:
                 runner = run_cell_in_process if in_process else run_cell
@@ -108,7 +118,7 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
                 error = "" if code == 0 else last_error_line(stderr)
         results_path = row_dir / RESULTS_FILE
         flat = flatten_results(read_json(results_path).get("results", {})) if results_path.exists() else {}
-        ours = {col.name: flat.get(col.key) for col in table.columns}
+        ours = {col.name: col.value(flat) for col in table.columns}
         rows.append({"row": row.label, "status": status, "error": error, "ours": ours, "paper": dict(row.paper),
                      "command": row.command(scale, gin_bindings)})
         print(f"{table.name}: {row.label}: {status}" + (f" -- {error}" if error else ""), flush=True)
@@ -116,6 +126,19 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
     pictures = write_table_plots(root, table, [(row.label, root / row.slug) for row in table.rows])
     append_picture_links(root / "table.md", pictures)
     return rows
+
+
+def select_rows(table: Table, names: Sequence[str] | None) -> list:
+    """The rows of ``table`` named by slug or label (all rows for None); unknown names fail with
+    the table's slugs."""
+    if names is None:
+        return list(table.rows)
+    by_name = {**{r.slug: r for r in table.rows}, **{r.label: r for r in table.rows}}
+    unknown = [n for n in names if n not in by_name]
+    if unknown or not names:
+        raise ValueError(f"unknown rows {unknown} of table {table.name!r}; choose among "
+                         f"{', '.join(r.slug for r in table.rows)}.")
+    return [by_name[n] for n in names]
 
 
 def write_table(root: Path, table: Table, scale: str, rows: list[dict[str, Any]]) -> None:
@@ -145,7 +168,7 @@ def main(argv: list[str]) -> None:
     try:
         rows = reproduce(FLAGS.table, FLAGS.scale, FLAGS.workdir, collect_only=FLAGS.collect_only,
                          device=FLAGS.device, data_dir=FLAGS.data_dir, in_process=FLAGS.in_process,
-                         gin_bindings=FLAGS.gin_bindings)
+                         gin_bindings=FLAGS.gin_bindings, rows=FLAGS.rows)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         sys.exit(2)

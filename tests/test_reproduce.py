@@ -56,3 +56,35 @@ def test_smoke_scale_runs_end_to_end_and_resumes(name, tmp_path):
     again = reproduce(name, "smoke", tmp_path, collect_only=True)
     assert all(r["status"] == "collected" for r in again)
     assert [r["ours"] for r in again] == [r["ours"] for r in rows]
+
+
+def test_unknown_rows_fail_with_the_table_slugs(tmp_path):
+    with pytest.raises(ValueError, match="friction_0.25"):
+        reproduce("gps", "smoke", tmp_path, rows=["friction 9"])
+    assert not (tmp_path / "table.md").exists()
+
+
+@pytest.mark.slow
+def test_rows_runs_only_the_selected_rows_and_collects_the_others(tmp_path):
+    table = TABLES["gps"]
+    first, second = table.rows[0], table.rows[1]
+    rows = reproduce("gps", "smoke", tmp_path, in_process=True, rows=[first.slug])
+    status = {r["row"]: r["status"] for r in rows}
+    assert status[first.label] == "done"
+    assert all(status[row.label] == "not selected" for row in table.rows[1:])
+    assert not (tmp_path / second.slug).exists()
+    # a second process on another row (by label) collects the first one instead of rerunning it
+    rows = reproduce("gps", "smoke", tmp_path, in_process=True, rows=[second.label])
+    status = {r["row"]: r["status"] for r in rows}
+    assert status[first.label] == "collected" and status[second.label] == "done"
+    assert "not selected" in (tmp_path / "table.md").read_text()
+
+
+def test_column_alternative_keys_take_the_first_present():
+    from experiments.tables import Column
+
+    column = Column("AUROC", ("a.auroc", "b.auroc"))
+    assert column.value({"b.auroc": 0.7, "c": 1.0}) == 0.7
+    assert column.value({"a.auroc": 0.9, "b.auroc": 0.7}) == 0.9
+    assert column.value({"c": 1.0}) is None
+    assert Column("x", "c").value({"c": 1.0}) == 1.0
