@@ -15,6 +15,7 @@ from hybrids.arcsm import (
     arcsm_denoise_images,
     arcsm_sampler,
     conditional_density_grid,
+    density_anomaly_eval,
 )
 from hybrids.data import ArrayDataset
 from hybrids.models.heads import diagonal_conditional_scores
@@ -113,6 +114,33 @@ def test_anomaly_score_separates_noise_from_near_constant_images():
     assert 0.3 < out["auroc_inverted"] < 0.7
     with pytest.raises(ValueError, match="unknown OOD"):
         arcsm_anomaly_eval(model, data, device=CPU, generator=_gen(), ood=("rotated",))
+
+
+class IIDLevels(nn.Module):
+    """Every pixel i.i.d. with level probabilities ``probs [K]``: an exact discrete likelihood."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.log_probs = probs.log()
+
+    def discrete_log_prob(self, k):
+        return self.log_probs[k].flatten(1).sum(1)
+
+
+def test_density_anomaly_eval_scores_by_exact_bits_per_dim():
+    k = torch.randint(124, 132, (64, 1, 4, 4), generator=_gen(7))
+    data = ArrayDataset("digits", k, None, 256)
+    probs = torch.full((256,), 1e-4, dtype=torch.float64)
+    probs[120:136] = 1.0
+    probs = probs / probs.sum()
+    model = IIDLevels(probs)
+    out = density_anomaly_eval(model, data, device=CPU, generator=_gen(8), num_examples=64, batch_size=10)
+    expected_in = float((-probs.log()[k].flatten(1).sum(1) / (16 * math.log(2))).mean())
+    assert out["mean_bpd_in"] == pytest.approx(expected_in, rel=1e-12)
+    assert out["auroc_uniform_noise"] > 0.99 and out["mean_bpd_uniform_noise"] > out["mean_bpd_in"] + 5
+    assert 0.3 < out["auroc_inverted"] < 0.7  # 255 - (124..131) = 124..131: no separation
+    with pytest.raises(TypeError, match="arcsm_anomaly_eval"):
+        density_anomaly_eval(nn.Linear(1, 1), data, device=CPU, generator=_gen())
 
 
 def test_sampler_and_denoise_image_hooks_return_runner_formats():
