@@ -175,3 +175,30 @@ def test_importance_sampling_reduces_variance_on_toy():
     diff = per_batch[False].mean() - per_batch[True].mean()
     se = math.sqrt(per_batch[False].var(ddof=1) / 200 + per_batch[True].var(ddof=1) / 200)
     assert abs(diff) < 4 * se
+
+
+def test_loss_variance_eval_both_estimators_hit_the_closed_form_and_is_has_less_variance():
+    # Data N(0, s0^2 I_D), exact score: E||sigma s + z||^2 = D alpha^2 s0^2 / (alpha^2 s0^2 + sigma^2), so
+    # J = 1/(T - eps) int g^2 / sigma^2 * D alpha^2 s0^2 / (2 (alpha^2 s0^2 + sigma^2)) dt.
+    from hybrids.data import ArrayDataset
+    from hybrids.scoreflow import dsm_loss_variance_eval
+
+    sde, dim, s0, eps = VPSDE(), 2, 0.5, 1e-3
+    model = GaussianDataModel(torch.zeros(dim, dtype=torch.float64), torch.full((dim,), s0**2, dtype=torch.float64), sde)
+    x = s0 * torch.randn(4000, dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    data = ArrayDataset("gaussian", x, None, None)
+
+    def integrand(t: float) -> float:
+        tt = torch.tensor([t], dtype=torch.float64)
+        m = sde.marginal_coefs(tt)
+        a2, s2 = float(m.mean_coef) ** 2, float(m.std) ** 2
+        return _density(sde, t) * dim * a2 * s0**2 / (2 * (a2 * s0**2 + s2))
+
+    expected = _quad(integrand, eps, sde.T) / (sde.T - eps)
+    out = dsm_loss_variance_eval(model, data, device=torch.device("cpu"), generator=torch.Generator().manual_seed(1),
+                                 num_examples=4000, batch_size=1000, eps=eps)
+    for name in ("uniform", "is"):
+        assert abs(out[name]["mean"] - expected) < 4 * out[name]["se"], (name, out[name], expected)
+    # here (exact score, eps = 1e-3) IS divides the variance by about 4.5
+    assert out["var_is"] < out["var_uniform"] / 2
+    assert out["variance_ratio"] == pytest.approx(out["var_uniform"] / out["var_is"])
