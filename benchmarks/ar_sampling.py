@@ -5,8 +5,10 @@ unless --checkpoint names a state_dict), checks that the samples agree and print
 
     OMP_NUM_THREADS=1 python benchmarks/ar_sampling.py [--model ncpn] [--t 0.05] [--batch 4]
 
-With untrained weights almost no sampled level equals the placeholder, so the speed-up comes from
-the row-prefix passes alone; a trained MNIST model (background at level 0) also reuses passes.
+naive runs one full forward pass per pixel; fast evaluates the network through the row cache
+(``hybrids.models.pixelcnnpp_incremental``): about one row of the full-resolution maps per
+pixel. With untrained weights almost no sampled level equals the placeholder, so the speed-up
+comes from the cache alone; a trained MNIST model (background at level 0) also skips pixels.
 """
 from __future__ import annotations
 

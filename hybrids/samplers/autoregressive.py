@@ -18,63 +18,38 @@ Methods:
 
 * ``naive``: one full forward pass per pixel (D passes), the reference.
 * ``fast``: the same draws, computing only what each pixel needs:
-  (1) reuse: params computed in a pass stay valid for every later pixel as long as no earlier
-  pixel's input changed since that pass; a sampled value equal to the placeholder it replaces
-  (e.g. a background pixel at level 0 with placeholder c_0 = -1) changes nothing, so no pass is
-  run for the next pixel (exact for any autoregressive model);
-  (2) row prefix: for PixelCNN++/NCPN, outputs in rows <= r depend on input rows <= r only
-  (down-shifted convolutions, causal downsampling, strictly causal attention), so pixel (r, c)
-  is computed from the first r + 1 rows only. No padding to a multiple of 4 rows is needed: the
-  U-Net's stride-2 stages align rows from the top and its upsampled maps are cropped to the
-  matching up-pass sizes, so every prefix length gives the full pass's rows (tested for every
-  prefix on odd and even sizes). The attention's position channels come from the full grid.
-  Discrete samples agree exactly with ``naive`` (tests); continuous ones agree to rounding,
-  because convolutions over fewer rows may sum in a different order.
+  (1) reuse: params computed for earlier pixels stay valid as long as no input they depend on
+  changed; a sampled value equal to the placeholder it replaces (e.g. a background pixel at
+  level 0 with placeholder c_0 = -1) changes nothing, so nothing is recomputed for the next
+  pixel (exact for any autoregressive model; other models get a full pass whenever an earlier
+  pixel changed);
+  (2) row caching, for PixelCNN++/NCPN in eval mode: every intermediate map of the network is
+  cached (``hybrids.models.pixelcnnpp_incremental.IncrementalPixelCNN``, activation caching in
+  the spirit of Fast PixelCNN++, Ramachandran et al. 2017, at row granularity). Outputs in rows
+  <= r depend on input rows <= r only, so after a pixel in row r changes, pixel (r, c + 1) needs
+  only row r of the full-resolution maps of the down-right ("ul") stream recomputed (plus one
+  row of its half- and quarter-resolution maps when r is even / divisible by 4); the
+  down-shifted ("u") stream sees rows < r only and is recomputed once per image row. That is
+  roughly 1/(2H) of a pass per pixel.
+  The cached params equal the full pass up to the rounding of shape-dependent kernels (float64
+  convolutions: ~1e-16); in float32 on CPU the band kernels are chosen so that they round like
+  the full pass where it allows (bitwise equal for the 28x28 benchmark models, see
+  ``benchmarks/ar_sampling.py``). Discrete samples agree exactly with ``naive`` (tests);
+  continuous ones agree to rounding (bitwise where the params are).
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from hybrids.distributions import sample_discretized_logistic_mixture, sample_logistic_mixture
-from hybrids.models.layers import CausalAttention
 from hybrids.models.pixelcnnpp import NCPN, PixelCNNpp
+from hybrids.models.pixelcnnpp_incremental import IncrementalPixelCNN
 
 METHODS = ("fast", "naive")
-
-
-@contextlib.contextmanager
-def _full_grid_positions(model: nn.Module, height: int, width: int) -> Iterator[None]:
-    """Make every CausalAttention of ``model`` use the position channels of the full H x W grid
-    (cropped to the rows it is given), so that a row prefix sees the same coordinates."""
-    patched = []
-    for module in model.modules():
-        if isinstance(module, CausalAttention):
-            def positions(like: Tensor, _h=height, _w=width) -> Tensor:
-                full = CausalAttention.positions(like.new_empty(like.shape[0], 1, _h, _w))
-                return full[:, :, : like.shape[2], : like.shape[3]]
-
-            module.positions = positions
-            patched.append(module)
-    try:
-        yield
-    finally:
-        for module in patched:
-            del module.positions
-
-
-def _row_prefix_params(model: PixelCNNpp | NCPN, x_rows: Tensor, t: Tensor) -> Tensor:
-    """Mixture params of the first rows ``x_rows [B, C, h, W]`` (h <= H) of PixelCNN++ / NCPN.
-
-    Calls the U-Net directly (the models' ``forward`` insists on the full image shape), with the
-    same conditioning as their ``forward``: none for PixelCNN++, the noise embedding for NCPN.
-    """
-    if isinstance(model, NCPN):
-        return model.net(x_rows, model.embedding(t))
-    return model.net(x_rows)
 
 
 def _check_args(model: nn.Module, shape: Sequence[int], t, num_levels, method) -> tuple:
@@ -113,7 +88,8 @@ def ancestral_sample(
 
     Args:
         model: ``model(x [B, C, H, W], t [B]) -> params [B, P, H, W]`` of a logistic mixture,
-            autoregressive in raster order. Put it in eval mode first (dropout).
+            autoregressive in raster order. Put it in eval mode first (dropout; ``'fast'``
+            caches the activations of a PixelCNNpp / NCPN in eval mode only).
         shape: ``[B, C, H, W]``.
         t: noise level; None or 0 -> discrete levels, > 0 -> continuous values at that level.
         num_levels: K for discrete sampling (default ``model.num_levels``).
@@ -137,33 +113,32 @@ def ancestral_sample(
     levels = torch.zeros(shape, dtype=torch.int64, device=device) if discrete else None
     t_vec = torch.full((b,), t, dtype=dtype, device=device)
     start_state = generator.get_state() if generator is not None else None
-    row_prefix = method == "fast" and isinstance(model, (PixelCNNpp, NCPN))
+    cached = None
+    if method == "fast" and isinstance(model, (PixelCNNpp, NCPN)) and not model.training:
+        cached = IncrementalPixelCNN(model)
+        cached.reset(x, t_vec)
     params = None
-    stale = True  # x changed since the last forward pass
-    with _full_grid_positions(model, height, width) if row_prefix else contextlib.nullcontext():
+    stale = True  # x changed since params were computed (models without a cache)
+    with parametrize.cached():  # weight-normalised weights: computed once, not per pixel
         for r in range(height):
-            rows = r + 1 if row_prefix else height
             for col in range(width):
-                if method == "naive" or stale or params.shape[2] <= r:
-                    params = _row_prefix_params(model, x[:, :, :rows], t_vec) if row_prefix else model(x, t_vec)
+                if cached is not None:
+                    params = cached.params(r)
+                elif method == "naive" or stale:
+                    params = model(x, t_vec)
                     stale = False
                 if generator is not None:
                     generator.set_state(start_state)
-                full = params if params.shape[2] == height else _pad_rows(params, height)
                 if discrete:
-                    k = sample_discretized_logistic_mixture(full, num_levels, generator, num_channels=c)
+                    k = sample_discretized_logistic_mixture(params, num_levels, generator, num_channels=c)
                     k_pix = k[:, :, r, col]
                     new = 2.0 * k_pix.to(dtype) / (num_levels - 1) - 1.0
                     levels[:, :, r, col] = k_pix
                 else:
-                    new = sample_logistic_mixture(full, generator, num_channels=c)[:, :, r, col]
+                    new = sample_logistic_mixture(params, generator, num_channels=c)[:, :, r, col]
                 if not torch.equal(new, x[:, :, r, col]):
                     x[:, :, r, col] = new
                     stale = True
+                    if cached is not None:
+                        cached.set_pixel(r, col, new)
     return levels if discrete else x
-
-
-def _pad_rows(params: Tensor, height: int) -> Tensor:
-    """Pad ``[B, P, h, W]`` params with zero rows to ``[B, P, height, W]`` (full-size draws)."""
-    pad = params.new_zeros(params.shape[0], params.shape[1], height - params.shape[2], params.shape[3])
-    return torch.cat([params, pad], dim=2)
