@@ -36,7 +36,8 @@ from typing import Any, Sequence
 import gin
 from absl import app, flags
 
-from experiments.cells import cell_done, flatten_results, last_error_line, run_cell, run_cell_in_process
+from experiments.cells import (
+    cell_done, flatten_results, last_error_line, run_cell, run_cell_in_process, stop_cells_on_sigterm)
 from experiments.plots import append_picture_links, write_grid_plots
 from experiments.runner import MODES, RESULTS_FILE, parse_gin, resolve_gin_file
 from hybrids.io import atomic_write, atomic_write_text, read_json
@@ -232,6 +233,7 @@ def run_grid(gin_files: Sequence[str], grid: str | dict[str, list], workdir: str
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    stop_cells_on_sigterm()
     if not FLAGS.grid or not FLAGS.workdir:
         raise app.UsageError("--grid and --workdir are required.")
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import traceback
@@ -48,6 +49,12 @@ def last_error_line(stderr: str) -> str:
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     errors = [line for line in lines if line.startswith("error:")]
     return (errors or lines or ["(no output)"])[-1][:500]
+
+
+def stop_cells_on_sigterm() -> None:
+    """Turn SIGTERM into ``SystemExit`` so that ``kill PID`` of a grid or table run also stops the
+    cell it is running: ``subprocess.run`` kills its child when interrupted by an exception."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def run_cell(gin_files: Sequence[Path], bindings: Sequence[str], workdir: Path, mode: str,

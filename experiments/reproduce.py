@@ -35,7 +35,8 @@ from typing import Any, Sequence
 
 from absl import app, flags
 
-from experiments.cells import cell_done, flatten_results, last_error_line, run_cell, run_cell_in_process
+from experiments.cells import (
+    cell_done, flatten_results, last_error_line, run_cell, run_cell_in_process, stop_cells_on_sigterm)
 from experiments.plots import append_picture_links, write_table_plots
 from experiments.runner import RESULTS_FILE, resolve_gin_file
 from experiments.tables import SCALES, TABLES, Table
@@ -163,6 +164,7 @@ def write_table(root: Path, table: Table, scale: str, rows: list[dict[str, Any]]
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    stop_cells_on_sigterm()
     if not FLAGS.table or not FLAGS.workdir:
         raise app.UsageError(f"--table and --workdir are required; tables: {', '.join(sorted(TABLES))}.")
     try:
