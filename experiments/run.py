@@ -17,7 +17,7 @@ import traceback
 
 from absl import app, flags
 
-from experiments.runner import MODES, run_experiment
+from experiments.runner import MODES, WorkdirBusyError, run_experiment
 
 FLAGS = flags.FLAGS
 
@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
         run_experiment(FLAGS.gin_file, FLAGS.gin_bindings, workdir=FLAGS.workdir, mode=FLAGS.mode,
                        data_dir=FLAGS.data_dir or os.environ.get("HYBRIDS_DATA"), device=FLAGS.device,
                        dry_run=FLAGS.dry_run)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as err:
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError, WorkdirBusyError) as err:
         # The traceback helps with bugs; the last line repeats the message that says what to change.
         traceback.print_exc()
         print(f"error: {type(err).__name__}: {err}".replace("\n", " "), file=sys.stderr)

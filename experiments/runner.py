@@ -17,8 +17,10 @@ Workdir layout: ``operative_config.gin`` (after the models are built and again a
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import fcntl
 import os
 import time
 import uuid
@@ -284,8 +286,37 @@ def run_experiment(
     trainer.seed_everything()
     exp = experiment()
     run = _Run(workdir, trainer, exp, data_dir)
+    with workdir_lock(workdir) if dist_info.is_main else contextlib.nullcontext():
+        return _run_stages(run, workdir, mode, paths, gin_bindings, dist_info, start)
+
+
+class WorkdirBusyError(RuntimeError):
+    """Another process is running in the workdir."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: Path):
+    """Hold an exclusive lock on ``workdir`` (``workdir/.lock``, released when the process ends,
+    even by a crash), so that two runs never write one workdir at once."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(workdir / ".lock", "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirBusyError(
+                f"workdir {workdir} is in use by another run; wait for it to finish or pass "
+                "another --workdir.") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_stages(run: "_Run", workdir: Path, mode: str, paths: Sequence[Path],
+                gin_bindings: Sequence[str], dist_info: DistInfo, start: float) -> dict[str, Any] | None:
+    """The stages of ``mode`` for :func:`run_experiment` (the workdir is locked on rank 0)."""
+    trainer, exp = run.trainer, run.exp
     if dist_info.is_main:
-        workdir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(workdir / "config.gin", gin.config_str())
         atomic_write_text(workdir / "operative_config.gin", gin.operative_config_str())
     stages = MODE_STAGES[mode]

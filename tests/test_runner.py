@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gin
 import pytest
 import torch
 from PIL import Image
@@ -16,7 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `tests._tiny_components` must be importable under one name
     sys.path.insert(0, str(REPO_ROOT))
 
-from experiments.runner import GIN_DIR, resolve_gin_file, run_experiment  # noqa: E402
+from experiments.runner import GIN_DIR, WorkdirBusyError, resolve_gin_file, run_experiment, workdir_lock  # noqa: E402
 from hybrids.data import load_dataset  # noqa: E402
 from hybrids.io import read_json, read_jsonl  # noqa: E402
 from hybrids.training import latest_checkpoint, load_checkpoint  # noqa: E402
@@ -84,6 +85,19 @@ def test_resume_continues_the_step_count(tmp_path):
     assert [r["step"] for r in records if r["kind"] == "train"] == [5, 10, 15, 20]
     assert records[: len(first)] == first  # updates 1..10 were not redone
     assert out["step"] == 20 and load_checkpoint(latest_checkpoint(workdir))["step"] == 20
+
+
+def test_a_workdir_in_use_is_refused(tmp_path):
+    """Two runs never write one workdir: the second fails with a clear error, and the lock goes
+    with the first run."""
+    workdir = tmp_path / "run"
+    with workdir_lock(workdir):
+        with pytest.raises(WorkdirBusyError, match="in use by another run.*another --workdir"):
+            run_experiment([TINY], ["Trainer.num_steps = 5"], workdir=workdir, mode="train")
+        assert not (workdir / "checkpoints").exists()
+    gin.clear_config()
+    out = run_experiment([TINY], ["Trainer.num_steps = 5"], workdir=workdir, mode="train")
+    assert out["step"] == 5
 
 
 def test_eval_and_sample_modes_need_a_checkpoint(tmp_path):
