@@ -4,7 +4,7 @@ ablation grid (next to ``summary.md``, ``experiments.ablate``), saved as PNG.
 From the rows' workdirs (``metrics.jsonl``, ``results.json``, ``samples/*.png``):
 
 * ``loss_curves.png``: training loss against step, one line per row;
-* ``samples.png``: one panel per row, the row's first sample picture (by file name);
+* ``samples.png``: one panel per sample picture of each row (e.g. ancestral and hybrid samples);
 * ``pi_robustness.png``: NLL (bpd) against the perturbation probability pi, one line per row
   (rows with ``ncml_pi_eval`` results; error bars are one standard error);
 * ``condition_number.png``: kappa against M on log-log axes, along the universality class and at
@@ -179,16 +179,15 @@ def _loss_curves(rows_dirs: RowDirs) -> Figure | None:
 
 
 def _sample_panels(rows_dirs: RowDirs) -> Figure | None:
-    """One panel per row with samples: its first ``samples/*.png`` by name."""
+    """One panel per sample picture (``samples/*.png``, by name) of each row."""
     from PIL import Image
 
     panels = []
     for label, row_dir in rows_dirs:
-        files = sorted((row_dir / "samples").glob("*.png"))
-        if files:
-            with Image.open(files[0]) as image:
+        for path in sorted((row_dir / "samples").glob("*.png")):
+            with Image.open(path) as image:
                 pixels = np.asarray(image if image.mode == "L" else image.convert("RGB"))
-            panels.append((f"{label}\n{files[0].stem}", pixels))
+            panels.append((f"{label}\n{path.stem}", pixels))
     if not panels:
         return None
     ncols = min(4, len(panels))

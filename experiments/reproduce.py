@@ -121,7 +121,7 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
         flat = flatten_results(read_json(results_path).get("results", {})) if results_path.exists() else {}
         ours = {col.name: col.value(flat) for col in table.columns}
         rows.append({"row": row.label, "status": status, "error": error, "ours": ours, "paper": dict(row.paper),
-                     "command": row.command(scale, gin_bindings)})
+                     "command": row.command(scale, gin_bindings, data_dir)})
         print(f"{table.name}: {row.label}: {status}" + (f" -- {error}" if error else ""), flush=True)
     write_table(root, table, scale, rows)
     pictures = write_table_plots(root, table, [(row.label, root / row.slug) for row in table.rows])

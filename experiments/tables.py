@@ -48,11 +48,14 @@ class Row:
         """Directory name of the row's workdir."""
         return re.sub(r"[^A-Za-z0-9.+-]+", "_", self.label).strip("_").lower()
 
-    def command(self, scale: str, extra_bindings: tuple[str, ...] | list[str] = ()) -> str:
-        """The ``experiments.run`` command that produces this row at ``scale``."""
+    def command(self, scale: str, extra_bindings: tuple[str, ...] | list[str] = (),
+                data_dir: str | None = None) -> str:
+        """The ``experiments.run`` command that produces this row at ``scale`` (reading its data
+        from ``data_dir`` when given)."""
         files = [*self.gin_files, *SCALES[scale][0]]
         parts = ["python -m experiments.run", *(f"--gin_file={f}" for f in files)]
         parts += [f"--gin_bindings='{b}'" for b in (*self.bindings, *extra_bindings)]
+        parts += [f"--data_dir={data_dir}"] if data_dir else []
         return " ".join(parts + [f"--workdir=runs/{self.slug}", "--mode=all"])
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from experiments.plots import append_picture_links, write_table_plots
+from experiments.plots import _sample_panels, append_picture_links, write_table_plots
 from experiments.tables import GPS_TABLE, NCML_TABLE1
 from hybrids.io import write_json
 from hybrids.metrics.conditioning import empirical_condition_numbers
@@ -50,7 +50,7 @@ def test_ncml_table_gets_loss_samples_and_pi_pictures_and_rows_without_data_are_
     _write_metrics(dir_a, [4.0, 3.0, 2.5, "nan"])  # JSON keeps a non-finite loss as a string
     _write_metrics(dir_b, [5.0, 3.5, 3.0])
     _write_sample(dir_a, "sampler_b.png", 0)
-    _write_sample(dir_a, "sampler_a.png", 200)  # the first by name is drawn
+    _write_sample(dir_a, "sampler_a.png", 200)
     for row_dir, bpd in ((dir_a, [3.0, 3.6, 3.9]), (dir_b, [3.1, 3.4, 3.5])):
         pi_eval = {"bpd": dict(zip(("0.0", "0.5", "1.0"), bpd)), "se": {"0.0": 0.05, "0.5": "nan", "1.0": 0.05}}
         write_json(row_dir / "results.json", {"results": {"ncml_pi_eval": pi_eval}})
@@ -62,6 +62,8 @@ def test_ncml_table_gets_loss_samples_and_pi_pictures_and_rows_without_data_are_
     for path in written:
         _assert_png(path)
     assert not (tmp_path / "condition_number.png").exists()  # no conditioning_eval results
+    panels = _sample_panels(rows_dirs)  # every picture of every row, by name
+    assert [ax.get_title() for ax in panels.axes] == ["model a\nsampler_a", "model a\nsampler_b"]
     assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
 
     (tmp_path / "table.md").write_text("# table\n")

@@ -88,3 +88,15 @@ def test_column_alternative_keys_take_the_first_present():
     assert column.value({"a.auroc": 0.9, "b.auroc": 0.7}) == 0.9
     assert column.value({"c": 1.0}) is None
     assert Column("x", "c").value({"c": 1.0}) == 1.0
+
+
+def test_row_command_names_every_file_binding_and_the_data_dir():
+    from experiments.tables import TABLES
+
+    row = next(r for r in TABLES["arcsm"].rows if r.bindings)
+    command = row.command("small", ["Trainer.num_steps = 5"], "/data/mnist")
+    assert command.startswith(f"python -m experiments.run --gin_file={row.gin_files[0]} "
+                              "--gin_file=presets/cpu_small.gin --gin_file=presets/mnist_small.gin ")
+    assert all(f"--gin_bindings='{b}'" in command for b in (*row.bindings, "Trainer.num_steps = 5"))
+    assert command.endswith(f"--data_dir=/data/mnist --workdir=runs/{row.slug} --mode=all")
+    assert "--data_dir" not in row.command("cpu")
