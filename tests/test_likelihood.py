@@ -357,6 +357,12 @@ def test_likelihood_hook_on_analytic_model():
     assert ci["se"] == pytest.approx(float(exact_bpd.std() / math.sqrt(24)))
     assert out["bound_bpd"]["mean"] > out["ode_bpd"]["mean"] - 4 * out["bound_bpd"]["se"]
     assert out["ode_nfe_mean"] > 0 and "no dequantization" in out["units"]
+    # The paired difference over the same examples: its mean is the difference of the means, its
+    # s.e. that of the per-example differences, and the exact score's bound is not below the ODE.
+    diff = out["bound_minus_ode_bpd"]
+    assert diff["mean"] == pytest.approx(out["bound_bpd"]["mean"] - out["ode_bpd"]["mean"], abs=1e-6)
+    assert diff["n"] == 24 and diff["se"] > 0
+    assert diff["mean"] > -4 * diff["se"]
 
 
 def test_likelihood_hook_bpd_offset_for_levels():
