@@ -269,7 +269,8 @@ def scoreflow_vardeq_eval(
     """Variational dequantization (papers/002 section 5.2) of a frozen score model, then bpd.
 
     A ``VariationalDequantizer`` q_phi(u | k) is trained on the TRAIN split of ``data.name``
-    (loaded here; the runner passes the test split) to maximise E_q[-bound(k + u) - log q(u | k)]
+    (loaded here from ``data_dir``, by default the directory ``data`` was read from; the runner
+    passes the test split) to maximise E_q[-bound(k + u) - log q(u | k)]
     with the eps-corrected DSM bound of the frozen model as the surrogate for -log p_x (as
     papers/002 App. B does), ``train_n_times`` time points per example. Then on the first
     ``num_examples`` test examples it reports bpd = -(log p_pixel(k + u) - log q(u | k)) / (D ln 2),
@@ -292,7 +293,7 @@ def scoreflow_vardeq_eval(
     for p in model.parameters():
         p.requires_grad_(False)  # the score model is frozen; only q_phi is trained
     try:
-        train = load_dataset(data.name, split="train", data_dir=data_dir)
+        train = load_dataset(data.name, split="train", data_dir=data_dir or data.data_dir)
         deq = VariationalDequantizer(data.data[0].numel(), data.num_levels, num_couplings, hidden).to(device, dtype)
 
         def surrogate(x: Tensor) -> Tensor:

@@ -396,3 +396,23 @@ def test_vardeq_hook_runs_on_digits_with_an_analytic_model():
     assert math.isfinite(out["vardeq_bound_bpd"]["mean"]) and math.isfinite(out["vardeq_ode_bpd"]["mean"])
     assert out["vardeq_bound_bpd"]["n"] == 4 and out["ode_nfe_mean"] > 0
     assert out["vardeq_ode_bpd"]["mean"] > 0
+
+
+def test_vardeq_hook_reads_the_train_split_from_the_test_splits_directory(tmp_path, monkeypatch):
+    """The runner's --data_dir reaches the hook through the test split it passes (data.data_dir)."""
+    import numpy as np
+
+    from hybrids.data import load_dataset
+    from hybrids.scoreflow import scoreflow_vardeq_eval
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    labels = np.arange(6, dtype=np.uint8)
+    np.savez(tmp_path / "mnist.npz", x_train=images, y_train=labels, x_test=images[:2], y_test=labels[:2])
+    monkeypatch.setenv("HYBRIDS_DATA", str(tmp_path / "empty"))  # the default directory has no MNIST
+    test = load_dataset("mnist", "test", tmp_path)
+    model = GaussianDataModel(torch.zeros(1, 28, 28), torch.full((1, 28, 28), 0.3), VPSDE())
+    out = scoreflow_vardeq_eval(model, test, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+                                train_steps=1, train_batch_size=2, train_n_times=1, hidden=4, num_examples=2,
+                                batch_size=2, n_times=2, ode=False)
+    assert out["vardeq_bound_bpd"]["n"] == 2 and math.isfinite(out["vardeq_bound_bpd"]["mean"])
