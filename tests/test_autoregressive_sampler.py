@@ -59,8 +59,8 @@ def test_fast_equals_naive(model, t):
 @pytest.mark.parametrize("t", [None, 0.05])
 def test_fast_equals_naive_in_float32(t):
     """float32 (odd size, both attention blocks): the row bands are set up to round like the full
-    pass, so the samples agree to float32 rounding (bitwise on the AVX2 CPUs measured in
-    docs/benchmarks.md; kernels of other CPUs may round the bands differently in the last bit)."""
+    pass, so the samples agree to float32 rounding (discrete ones exactly; continuous ones can
+    differ in the last bits, see docs/benchmarks.md)."""
     torch.manual_seed(3)
     model = NCPN((1, 7, 7), sde=VPSDE(), num_levels=K, nr_filters=16, nr_resnet=1,
                  nr_logistic_mix=3, dropout=0.0, attention=("up", "down")).eval()

@@ -33,9 +33,9 @@ Methods:
   roughly 1/(2H) of a pass per pixel.
   The cached params equal the full pass up to the rounding of shape-dependent kernels (float64
   convolutions: ~1e-16); in float32 on CPU the band kernels are chosen so that they round like
-  the full pass where it allows (bitwise equal for the 28x28 benchmark models, see
-  ``benchmarks/ar_sampling.py``). Discrete samples agree exactly with ``naive`` (tests);
-  continuous ones agree to rounding (bitwise where the params are).
+  the full pass where it allows (in ``benchmarks/ar_sampling.py`` at 28x28: bitwise equal
+  discrete samples, continuous ones equal or within 5e-7). Discrete samples agree exactly with
+  ``naive`` (tests); continuous ones agree to rounding.
 """
 from __future__ import annotations
 
