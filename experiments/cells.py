@@ -13,12 +13,15 @@ import subprocess
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import gin
 
 from experiments.runner import MODE_STAGES, REPO_ROOT, RESULTS_FILE, run_experiment
-from hybrids.io import atomic_write_text, read_json
+from hybrids.io import atomic_write_text, flatten_results, read_json
+
+__all__ = ["cell_done", "flatten_results", "last_error_line", "run_cell", "run_cell_in_process",
+           "stop_cells_on_sigterm"]
 
 
 def cell_done(workdir: Path, mode: str) -> bool:
@@ -31,18 +34,6 @@ def cell_done(workdir: Path, mode: str) -> bool:
     except (json.JSONDecodeError, OSError):
         return False
     return set(MODE_STAGES[mode]) <= done
-
-
-def flatten_results(results: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Scalar leaves of nested results as ``{"evaluator.key": value}`` (lists are left out)."""
-    flat: dict[str, Any] = {}
-    for key, value in results.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten_results(value, name + "."))
-        elif isinstance(value, (int, float, str, bool)) or value is None:
-            flat[name] = value
-    return flat
 
 
 def last_error_line(stderr: str) -> str:

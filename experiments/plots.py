@@ -6,7 +6,7 @@ From the rows' workdirs (``metrics.jsonl``, ``results.json``, ``samples/*.png``)
 * ``loss_curves.png``: training loss against step, one line per row;
 * ``samples.png``: one panel per sample picture of each row (e.g. ancestral and hybrid samples);
 * ``pi_robustness.png``: NLL (bpd) against the perturbation probability pi, one line per row
-  (rows with ``ncml_pi_eval`` results; error bars are one standard error);
+  (rows with ``pi_perturbation_eval`` results; error bars are one standard error);
 * ``condition_number.png``: kappa against M on log-log axes, along the universality class and at
   the fixed sigma (rows with ``conditioning_eval`` results; rows with the same curve share a line);
 * ``sweep.png`` (grids only): chosen scalar results against the value of a one-key numeric grid,
@@ -202,10 +202,10 @@ def _sample_panels(rows_dirs: RowDirs) -> Figure | None:
 
 
 def _pi_robustness(rows_dirs: RowDirs) -> Figure | None:
-    """NLL (bpd) against pi from ``ncml_pi_eval``, with one-standard-error bars where known."""
+    """NLL (bpd) against pi from ``pi_perturbation_eval``, with one-standard-error bars where known."""
     fig, ax = None, None
     for label, row_dir in rows_dirs:
-        result = _results(row_dir).get("ncml_pi_eval", {})
+        result = _results(row_dir).get("pi_perturbation_eval", {})
         se = result.get("se", {})
         points = sorted((float(pi), _finite(bpd), _finite(se.get(pi)) or 0.0)
                         for pi, bpd in result.get("bpd", {}).items())

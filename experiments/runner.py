@@ -31,7 +31,8 @@ import gin
 import torch
 from torch import nn
 
-from hybrids.io import atomic_write_text, read_json, save_samples, to_jsonable, write_json
+from hybrids.hooks.base import Hook, hook_keys
+from hybrids.io import atomic_write_text, flatten_results, read_json, save_samples, to_jsonable, write_json
 from hybrids.training import DistInfo, Trainer, load_ema
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +41,6 @@ MODES = ("train", "eval", "sample", "all")
 MODE_STAGES = {"train": ("train",), "eval": ("eval",), "sample": ("sample",),
                "all": ("train", "eval", "sample")}
 RESULTS_FILE = "results.json"
-Hook = Callable[..., dict]
 
 
 @dataclasses.dataclass
@@ -174,25 +174,10 @@ def check_num_levels(objective: Any, dataset: Any) -> None:
     )
 
 
-def hook_names(hooks: Sequence[Hook]) -> list[str]:
-    """Names of hooks (their function names); repeated names get a suffix ``_2``, ``_3``, ..."""
-    names: list[str] = []
-    for hook in hooks:
-        base = getattr(hook, "__name__", type(hook).__name__)
-        name, i = base, 1
-        while name in names:
-            i += 1
-            name = f"{base}_{i}"
-        names.append(name)
-    return names
-
-
-def _flatten(prefix: str, value: Any, out: dict[str, float]) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(f"{prefix}/{k}", v, out)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        out[prefix] = float(value)
+def numeric_scalars(results: dict[str, Any]) -> dict[str, float]:
+    """TensorBoard scalars of evaluator results: numeric leaves, keyed ``<hook key>/<path>``."""
+    return {k: float(v) for k, v in flatten_results(results, sep="/").items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 class _Run:
@@ -212,22 +197,19 @@ class _Run:
 
     def evaluate(self, model: nn.Module) -> dict[str, Any]:
         model.eval()
-        return {name: to_jsonable(hook(model, self.test_data, device=self.device, generator=self._generator()))
-                for name, hook in zip(hook_names(self.exp.evaluators), self.exp.evaluators)}
+        return {key: to_jsonable(hook(model, self.test_data, device=self.device, generator=self._generator()))
+                for key, hook in zip(hook_keys(self.exp.evaluators), self.exp.evaluators)}
 
     def sample(self, model: nn.Module, directory: Path) -> list[Path]:
         model.eval()
         written = []
-        for name, hook in zip(hook_names(self.exp.samplers), self.exp.samplers):
+        for key, hook in zip(hook_keys(self.exp.samplers), self.exp.samplers):
             out = hook(model, self.test_data, device=self.device, generator=self._generator())
-            written += save_samples(directory, name, out, self.train_data.num_levels)
+            written += save_samples(directory, key, out, self.train_data.num_levels)
         return written
 
     def eval_hook(self, step: int, model: nn.Module) -> dict[str, float]:
-        flat: dict[str, float] = {}
-        for name, value in self.evaluate(model).items():
-            _flatten(name, value, flat)
-        return flat
+        return numeric_scalars(self.evaluate(model))
 
     def sample_hook(self, step: int, model: nn.Module) -> dict[str, float]:
         self.sample(model, self.workdir / "samples" / f"step_{step:08d}")
@@ -347,10 +329,7 @@ def _run_stages(run: "_Run", workdir: Path, mode: str, paths: Sequence[Path],
         if "eval" in stages:
             results = run.evaluate(model)
             if writer is not None:
-                flat: dict[str, float] = {}
-                for name, value in results.items():
-                    _flatten(name, value, flat)
-                for key, value in flat.items():
+                for key, value in numeric_scalars(results).items():
                     writer.add_scalar(f"eval/{key}", value, step)
         if "sample" in stages:
             run.sample(model, workdir / "samples")

@@ -3,7 +3,7 @@
 A column's ``key`` is a flattened ``results.json`` key, ``<hook name>.<key>[.<subkey>]`` (see
 ``experiments.cells.flatten_results``), or a tuple of such keys of which the first one present
 is shown (rows of different methods may report one quantity through different hooks). Paper values are copied from the papers (via
-../shared/METHODS.md where the extracts lost them); ``None`` where the extract does not have them.
+docs/methods.md where the extracts lost them); ``None`` where the extract does not have them.
 """
 from __future__ import annotations
 
@@ -70,10 +70,10 @@ class Table:
 
 
 _NCML_COLUMNS = (
-    Column("NLL pi=0 (bpd)", "ncml_pi_eval.bpd.0.0"),
-    Column("NLL pi=0.5 (bpd)", "ncml_pi_eval.bpd.0.5"),
-    Column("NLL pi=1 (bpd)", "ncml_pi_eval.bpd.1.0"),
-    Column("degradation pi 0->1 (bpd)", "ncml_pi_eval.degradation"),
+    Column("NLL pi=0 (bpd)", "pi_perturbation_eval.bpd.0.0"),
+    Column("NLL pi=0.5 (bpd)", "pi_perturbation_eval.bpd.0.5"),
+    Column("NLL pi=1 (bpd)", "pi_perturbation_eval.bpd.1.0"),
+    Column("degradation pi 0->1 (bpd)", "pi_perturbation_eval.degradation"),
     Column("FD (see metric)", "sample_fd_eval.fd"),
 )
 
@@ -86,7 +86,7 @@ def _ncml(label: str, gin: str, nll: tuple[float, float, float], fid: float) -> 
 NCML_TABLE1 = Table(
     name="ncml_table1",
     title="NCML Table 1: robustness of the likelihood to pi-perturbations (CIFAR-10 in the paper)",
-    source="papers/000 (NCML), Table 1; METHODS.md section 6",
+    source="NCML (NeurIPS 2022 score workshop), Table 1; docs/methods.md",
     columns=_NCML_COLUMNS,
     rows=(
         _ncml("PixelCNN++ (MLE)", "pixelcnnpp_mle.gin", (2.92, 3.84, 4.01), 55.72),
@@ -104,15 +104,15 @@ NCML_TABLE1 = Table(
 )
 
 _SF_COLUMNS = (
-    Column("bound (bpd)", "scoreflow_likelihood_eval.bound_bpd.mean"),
-    Column("bound s.e.", "scoreflow_likelihood_eval.bound_bpd.se"),
-    Column("ODE NLL (bpd)", "scoreflow_likelihood_eval.ode_bpd.mean"),
-    Column("ODE s.e.", "scoreflow_likelihood_eval.ode_bpd.se"),
-    Column("ODE NFE", "scoreflow_likelihood_eval.ode_nfe_mean"),
-    Column("bound - ODE (bpd)", "scoreflow_likelihood_eval.bound_minus_ode_bpd.mean"),
-    Column("bound - ODE s.e.", "scoreflow_likelihood_eval.bound_minus_ode_bpd.se"),
-    Column("vardeq bound (bpd)", "scoreflow_vardeq_eval.vardeq_bound_bpd.mean"),
-    Column("vardeq ODE NLL (bpd)", "scoreflow_vardeq_eval.vardeq_ode_bpd.mean"),
+    Column("bound (bpd)", "score_likelihood_eval.bound_bpd.mean"),
+    Column("bound s.e.", "score_likelihood_eval.bound_bpd.se"),
+    Column("ODE NLL (bpd)", "score_likelihood_eval.ode_bpd.mean"),
+    Column("ODE s.e.", "score_likelihood_eval.ode_bpd.se"),
+    Column("ODE NFE", "score_likelihood_eval.ode_nfe_mean"),
+    Column("bound - ODE (bpd)", "score_likelihood_eval.bound_minus_ode_bpd.mean"),
+    Column("bound - ODE s.e.", "score_likelihood_eval.bound_minus_ode_bpd.se"),
+    Column("vardeq bound (bpd)", "vardeq_likelihood_eval.vardeq_bound_bpd.mean"),
+    Column("vardeq ODE NLL (bpd)", "vardeq_likelihood_eval.vardeq_ode_bpd.mean"),
     Column("loss var, t ~ U", "dsm_loss_variance_eval.var_uniform"),
     Column("loss var, t ~ q (IS)", "dsm_loss_variance_eval.var_is"),
 )
@@ -120,7 +120,7 @@ _SF_COLUMNS = (
 SCOREFLOW_TABLE2 = Table(
     name="scoreflow_table2",
     title="ScoreFlow Table 2: bound and ODE likelihood by SDE and weighting",
-    source="papers/002 (ScoreFlow), Table 2 (its numbers are lost from the extract) and Table 3",
+    source="ScoreFlow (Song et al., NeurIPS 2021), Table 2 (its numbers are lost from the extract) and Table 3",
     columns=_SF_COLUMNS,
     rows=tuple(
         Row(f"{sde} {weighting}", (f"scoreflow_{sde.lower()}_{weighting.replace(' + ', '_').replace('-', '_')}.gin",))
@@ -131,29 +131,29 @@ SCOREFLOW_TABLE2 = Table(
             paper=(("vardeq ODE NLL (bpd)", 2.83),)),
     ),
     notes=(
-        "Relations papers/002 reports on CIFAR-10 and ImageNet 32: with only the weighting changed, a "
+        "Relations ScoreFlow (Song et al., 2021b) reports on CIFAR-10 and ImageNet 32: with only the weighting changed, a "
         "lower bound goes with a lower ODE NLL; likelihood weighting + importance sampling improves "
         "both; NLL_ODE <= bound. 2.83 bpd is the Table 3 ScoreFlow (variational dequantization, no "
         "flipping). 95% intervals are +-1.96 s.e. over test examples; bound - ODE is the mean of the per-example "
         "differences (paired), which tests NLL_ODE <= bound. Loss variance: the per-example "
         "likelihood-weighted DSM loss on test examples for the row's trained model, with t ~ U[eps, T] and "
-        "with importance-sampled t (papers/002: 98.48 -> 0.068 on CIFAR-10). The bound uses the eps correction, the ODE does not (as the paper).",
+        "with importance-sampled t (ScoreFlow (Song et al., 2021b): 98.48 -> 0.068 on CIFAR-10). The bound uses the eps correction, the ODE does not (as the paper).",
     ),
 )
 
 ARCSM_TABLE = Table(
     name="arcsm",
     title="AR-CSM: samples, denoising and anomaly detection against MLE baselines",
-    source="papers/001 (AR-CSM); the extract has no numbers for these experiments",
+    source="AR-CSM (Meng et al., NeurIPS 2020); the extract has no numbers for these experiments",
     columns=(
         Column("FD of samples (see metric)", "sample_fd_eval.fd"),
-        Column("PSNR noisy (dB)", "arcsm_denoise_eval.psnr_noisy"),
-        Column("PSNR denoised (dB)", "arcsm_denoise_eval.psnr_denoised"),
-        Column("AUROC noise", ("arcsm_anomaly_eval.auroc_uniform_noise",
+        Column("PSNR noisy (dB)", "denoise_eval.psnr_noisy"),
+        Column("PSNR denoised (dB)", "denoise_eval.psnr_denoised"),
+        Column("AUROC noise", ("score_norm_anomaly_eval.auroc_uniform_noise",
                                "density_anomaly_eval.auroc_uniform_noise")),
-        Column("AUROC inverted", ("arcsm_anomaly_eval.auroc_inverted", "density_anomaly_eval.auroc_inverted")),
-        Column("AUROC flipped", ("arcsm_anomaly_eval.auroc_flipped", "density_anomaly_eval.auroc_flipped")),
-        Column("test NLL (bpd)", "ncml_pi_eval.bpd.0.0"),
+        Column("AUROC inverted", ("score_norm_anomaly_eval.auroc_inverted", "density_anomaly_eval.auroc_inverted")),
+        Column("AUROC flipped", ("score_norm_anomaly_eval.auroc_flipped", "density_anomaly_eval.auroc_flipped")),
+        Column("test NLL (bpd)", "pi_perturbation_eval.bpd.0.0"),
     ),
     rows=(
         Row("AR-CSM MADE", ("arcsm_made_mnist.gin",)),
@@ -163,7 +163,7 @@ ARCSM_TABLE = Table(
         Row("MADE MLE logistic mixture", ("made_mle_logistic_mnist.gin",)),
     ),
     notes=(
-        "AR-CSM rows train on data + N(0, SIGMA^2) noise (SIGMA = 0.1; 0.6 is papers/001's MNIST "
+        "AR-CSM rows train on data + N(0, SIGMA^2) noise (SIGMA = 0.1; 0.6 is AR-CSM's MNIST "
         "denoising level, in the [-1, 1] model space). Denoising: single step xhat = y + sigma^2 s(y) "
         "(an approximation to Tweedie's formula, AR-CSM rows only). Anomaly score: ||s(x)||_2 for the "
         "AR-CSM rows, -log P(k) in bits/dim for the MLE rows (higher = more anomalous), on the same "
@@ -176,7 +176,7 @@ ARCSM_TABLE = Table(
 GPS_TABLE = Table(
     name="gps",
     title="Walk-jump sampling: chain mixing against friction, and condition numbers",
-    source="papers/004 (GPS / M-densities); paper FID 14.15 on CIFAR-10 with one noise level",
+    source="GPS / M-densities (Saremi et al., 2023); paper FID 14.15 on CIFAR-10 with one noise level",
     columns=(
         Column("classes visited per chain", "walk_jump_class_eval.mean_classes_visited"),
         Column("class switches per chain", "walk_jump_class_eval.mean_switches"),

@@ -1,4 +1,7 @@
-"""Discretized and continuous logistic mixtures (PixelCNN++, Salimans et al. 2017; METHODS.md 2).
+"""Discretized and continuous logistic mixtures of PixelCNN++.
+
+Salimans, Karpathy, Chen and Kingma, "PixelCNN++: Improving the PixelCNN with Discretized Logistic
+Mixture Likelihood and Other Modifications", ICLR 2017.
 
 Parameter layout
 ----------------
@@ -22,9 +25,10 @@ earlier channels of the same pixel, channel j of mixture component i has the mea
 ``mu_{j,i} + sum_{l<j} tanh(a_{(j,l),i}) x_l``. All channels of a pixel share one component:
 p(x_pixel) = sum_i pi_i prod_c Logistic(x_c; mu_{c,i}(x_<c), s_{c,i}).
 
-Discrete data k in {0..K-1} sit at bin centres c_k = 2 k / (K - 1) - 1 with half width
-delta = 1 / (K - 1); the coupling uses the observed bin centres. The continuous density uses the
-same parameters on all of R (no edge bins, no clamping of x) with coupling on the continuous x.
+Discrete data k in {0..K-1} sit at bin centres c_k = 2 k / (K - 1) - 1
+(``hybrids.data.transforms.level_values``) with half width delta = 1 / (K - 1); the coupling uses
+the observed bin centres. The continuous density uses the same parameters on all of R (no edge
+bins, no clamping of x) with coupling on the continuous x.
 """
 from __future__ import annotations
 
@@ -34,6 +38,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from hybrids.data.transforms import level_values
+from hybrids.tensors import rand
 
 __all__ = [
     "FALLBACK_MASS",
@@ -234,6 +241,8 @@ def discretized_logistic_mixture_log_prob(params: Tensor, k: Tensor, num_levels:
         raise TypeError(f"k must hold integer levels; got dtype {k.dtype}.")
     mix = unpack_mixture_params(params, k.shape[1])
     delta = 1.0 / (num_levels - 1)
+    # c_k = 2 delta k - 1 is level_values' grid; this form rounds differently from level_values'
+    # 2 k / (K - 1) - 1 in the last bit and is kept so that log-probabilities stay as they were.
     centres = (2.0 * delta * k.to(params.dtype) - 1.0)
     means = mix.coupled_means(centres)  # [B, C, n, H, W]
     x = centres.unsqueeze(2)
@@ -321,10 +330,8 @@ def _mixture_noise(
     works with CUDA params) and moved to the params' device.
     """
     b, _, h, w = params.shape
-    device = params.device if generator is None else generator.device
-    kw = dict(generator=generator, dtype=torch.float64, device=device)
-    u_mix = torch.rand((b, h, w), **kw).to(params.device)
-    u_logistic = torch.rand((b, num_channels, h, w), **kw).to(params.device)
+    u_mix = rand((b, h, w), generator, dtype=torch.float64, device=params.device)
+    u_logistic = rand((b, num_channels, h, w), generator, dtype=torch.float64, device=params.device)
     return u_mix.to(params.dtype), u_logistic
 
 
@@ -358,7 +365,7 @@ def _sample(
             k_c = torch.floor((x_c + 1.0) * (num_levels - 1) / 2.0 + 0.5)
             k_c = k_c.clamp(0, num_levels - 1)
             levels.append(k_c.to(torch.int64))
-            x_c = 2.0 * k_c / (num_levels - 1) - 1.0  # later channels couple on the centre
+            x_c = level_values(k_c, num_levels, dtype=k_c.dtype)  # later channels couple on the centre
         values.append(x_c)
     return torch.stack(levels if num_levels is not None else values, dim=1)
 

@@ -95,6 +95,23 @@ def to_jsonable(value: Any) -> Any:
     )
 
 
+def flatten_results(results: dict[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
+    """Scalar leaves of nested results as ``{"<hook key><sep><key>...": value}``.
+
+    Numbers, strings, booleans and None are kept; lists are left out. ``results.json`` keys are
+    flattened with ``"."`` for tables (``pi_perturbation_eval.bpd.0.5``) and with ``"/"`` for
+    TensorBoard tags.
+    """
+    flat: dict[str, Any] = {}
+    for key, value in results.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_results(value, name + sep, sep))
+        elif isinstance(value, (int, float, str, bool)) or value is None:
+            flat[name] = value
+    return flat
+
+
 def write_json(path: PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically (see :func:`to_jsonable`)."""
     return atomic_write_text(path, json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")

@@ -1,4 +1,4 @@
-"""Forward diffusion SDEs dx = f(x, t) dt + g(t) dw on t in [0, T] (Song et al. 2021, papers/002).
+"""Forward diffusion SDEs dx = f(x, t) dt + g(t) dw on t in [0, T] (Song et al. 2021, ScoreFlow (Song et al., 2021b)).
 
 Every SDE here has an affine drift, so the transition kernel is Gaussian,
 p_0t(x_t | x_0) = N(m(t) x_0, sigma(t)^2 I), with
@@ -32,12 +32,9 @@ import gin
 import torch
 from torch import Tensor
 
+from hybrids.tensors import expand_as_batch
+
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
-
-
-def _expand_as(v: Tensor, x: Tensor) -> Tensor:
-    """Reshape a per-example ``[B]`` tensor to broadcast against ``x`` of shape ``[B, ...]``."""
-    return v.reshape(v.shape + (1,) * (x.ndim - v.ndim))
 
 
 def _as_time(t: Tensor | float, like: Tensor | None = None) -> Tensor:
@@ -92,7 +89,7 @@ class SDE:
         t = _as_time(t, x)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        return _expand_as(self.drift_coef(t), x) * x
+        return expand_as_batch(self.drift_coef(t), x) * x
 
     def drift_divergence(self, t: Tensor, num_dims: int) -> Tensor:
         """div_x f(x, t) = a(t) D, ``[B]`` (independent of x for affine drifts)."""
@@ -112,7 +109,7 @@ class SDE:
         if t.ndim == 0:
             t = t.expand(x0.shape[0])
         coefs = self.marginal_coefs(t)
-        return _expand_as(coefs.mean_coef, x0) * x0, coefs.std
+        return expand_as_batch(coefs.mean_coef, x0) * x0, coefs.std
 
     def perturb(
         self,
@@ -132,7 +129,7 @@ class SDE:
         elif noise.shape != x0.shape:
             raise ValueError(f"noise has shape {tuple(noise.shape)} but x0 has {tuple(x0.shape)}.")
         mean, std = self.marginal(x0, t)
-        return mean + _expand_as(std, x0) * noise, noise
+        return mean + expand_as_batch(std, x0) * noise, noise
 
     def prior_sample(
         self,
@@ -154,7 +151,7 @@ class SDE:
         return -0.5 * num_dims * math.log(2 * math.pi * s2) - sq / (2 * s2)
 
     def likelihood_weighting(self, t: Tensor) -> Tensor:
-        """lambda(t) = g(t)^2, the weighting that makes DSM a bound on -log p (papers/002)."""
+        """lambda(t) = g(t)^2, the weighting that makes DSM a bound on -log p (ScoreFlow (Song et al., 2021b))."""
         return self.diffusion(_as_time(t)) ** 2
 
     def langevin_alpha(self, t: Tensor, dt: float) -> Tensor:
@@ -199,7 +196,7 @@ class ReverseSDE:
         t = _as_time(t, x)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        g2 = _expand_as(self.sde.diffusion(t) ** 2, x)
+        g2 = expand_as_batch(self.sde.diffusion(t) ** 2, x)
         c = 0.5 if self.probability_flow else 1.0
         return self.sde.drift(x, t) - c * g2 * self.score_fn(x, t)
 
@@ -219,7 +216,7 @@ class ReverseSDE:
             t = t.expand(x.shape[0])
         f_d, G = self.sde.discretize(x, t, dt)
         c = 0.5 if self.probability_flow else 1.0
-        rev_f = -f_d + c * _expand_as(G**2, x) * self.score_fn(x, t)
+        rev_f = -f_d + c * expand_as_batch(G**2, x) * self.score_fn(x, t)
         return rev_f, torch.zeros_like(G) if self.probability_flow else G
 
 
@@ -335,7 +332,7 @@ class VPSDE(_BetaSchedule):
         f_d = (sqrt(1 - beta_i) - 1) x and G = sqrt(beta_i)."""
         t = _as_time(t, x)
         beta_i = self.beta(t) * dt
-        return (_expand_as(torch.sqrt(1 - beta_i), x) - 1) * x, torch.sqrt(beta_i)
+        return (expand_as_batch(torch.sqrt(1 - beta_i), x) - 1) * x, torch.sqrt(beta_i)
 
     def marginal_coefs(self, t: Tensor) -> Marginal:
         b = self.integral_beta(t)
@@ -382,3 +379,28 @@ def get_sde(name: str, **kwargs) -> SDE:
         return SDES[name.lower()](**kwargs)
     except KeyError:
         raise ValueError(f"Unknown SDE {name!r}; choose one of {sorted(SDES)}.") from None
+
+
+def default_sampling_eps(sde: SDE) -> float:
+    """Final time of samplers (score_sde's choice): 1e-5 for VE, 1e-3 for VP and subVP."""
+    return 1e-5 if isinstance(sde, VESDE) else 1e-3
+
+
+def sde_of(model: object, sde: SDE | None = None, *, binding: str = "sde") -> SDE:
+    """The SDE a tool should use for ``model``: ``sde`` when given, else ``model.sde``.
+
+    Args:
+        model: a model; score models and NCPNs carry the SDE they were trained with as ``.sde``.
+        sde: an explicit SDE, which wins.
+        binding: the gin parameter a user can bind instead (named in the error).
+
+    Raises:
+        ValueError: when neither gives a ``hybrids.sdes.SDE``.
+    """
+    found = sde if sde is not None else getattr(model, "sde", None)
+    if not isinstance(found, SDE):
+        raise ValueError(
+            f"{type(model).__name__} has no `sde` attribute holding a hybrids.sdes.SDE (got "
+            f"{type(found).__name__}); pass one, e.g. bind `{binding} = %SDE` in gin."
+        )
+    return found

@@ -47,5 +47,5 @@ def mnist_path() -> Path:
     """Path of the shared MNIST npz; skips the test with a reason when it is absent."""
     path = Path(os.environ.get("HYBRIDS_TEST_MNIST", SHARED_MNIST))
     if not path.exists():
-        pytest.skip(f"needs MNIST at {path} (../shared/data/mnist.npz beside the checkout)")
+        pytest.skip(f"needs MNIST at {path}: set HYBRIDS_TEST_MNIST to an mnist.npz (keys x_train, y_train, x_test, y_test)")
     return path

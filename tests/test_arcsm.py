@@ -1,4 +1,4 @@
-"""AR-CSM hooks: grid-normalised 2-D densities, single-step denoising, anomaly scores, samplers."""
+"""AR score-model hooks and their algorithms: grid-normalised 2-D densities, single-step denoising, anomaly scores, samplers."""
 from __future__ import annotations
 
 import math
@@ -7,17 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from hybrids.arcsm import (
-    arcsm_anomaly_eval,
-    arcsm_density_eval,
-    arcsm_density_image,
-    arcsm_denoise_eval,
-    arcsm_denoise_images,
-    arcsm_sampler,
-    conditional_density_grid,
-    density_anomaly_eval,
-)
 from hybrids.data import ArrayDataset
+from hybrids.hooks import (ar_langevin_sampler, denoise_eval, denoise_images, density_anomaly_eval, density_grid_eval,
+                           density_grid_image, score_norm_anomaly_eval)
+from hybrids.likelihood.density_grid import conditional_density_grid
 from hybrids.models.heads import diagonal_conditional_scores
 from hybrids.models.made import MADEConditionalScore
 
@@ -76,11 +69,11 @@ def test_density_eval_and_image_hooks():
     x1 = mu[0] + v[0].sqrt() * torch.randn(4000, generator=g, dtype=torch.float64)
     x2 = mu[1] + A[1, 0] * x1 + v[1].sqrt() * torch.randn(4000, generator=g, dtype=torch.float64)
     data = ArrayDataset("moons", torch.stack([x1, x2], 1).float(), None, None)
-    out = arcsm_density_eval(model, data, device=CPU, generator=_gen(), lim=(-6, 6), resolution=600)
+    out = density_grid_eval(model, data, device=CPU, generator=_gen(), lim=(-6, 6), resolution=600)
     entropy = 0.5 * (torch.log(2 * math.pi * math.e * v)).sum()  # E log p = -H
     assert out["fraction_outside_grid"] == 0.0
     assert out["test_log_likelihood"] == pytest.approx(-float(entropy), abs=0.05)
-    img = arcsm_density_image(model, data, device=CPU, generator=_gen(), resolution=50)["density"]
+    img = density_grid_image(model, data, device=CPU, generator=_gen(), resolution=50)["density"]
     assert img.shape == (1, 3, 50, 50) and img.dtype == torch.int64
     assert img.min() >= 0 and img.max() == 255
 
@@ -94,7 +87,7 @@ def test_denoising_is_exact_tweedie_for_independent_gaussian_coordinates():
     noisy_model = GaussianAR(torch.zeros(dim, dim, dtype=torch.float64),
                              torch.full((dim,), 0.2, dtype=torch.float64),
                              torch.full((dim,), v + sigma**2, dtype=torch.float64))
-    out = arcsm_denoise_eval(noisy_model, data, device=CPU, generator=_gen(3), sigma=sigma,
+    out = denoise_eval(noisy_model, data, device=CPU, generator=_gen(3), sigma=sigma,
                              num_examples=n, batch_size=5000)
     assert out["mse_noisy"] == pytest.approx(sigma**2, rel=0.03)
     assert out["mse_denoised"] == pytest.approx(v * sigma**2 / (v + sigma**2), rel=0.03)
@@ -107,13 +100,13 @@ def test_anomaly_score_separates_noise_from_near_constant_images():
     data = ArrayDataset("digits", k, None, 256)
     model = GaussianAR(torch.zeros(16, 16, dtype=torch.float64), torch.zeros(16, dtype=torch.float64),
                        torch.full((16,), 0.01, dtype=torch.float64))
-    out = arcsm_anomaly_eval(model, data, device=CPU, generator=_gen(5), sigma=0.0, num_examples=64)
+    out = score_norm_anomaly_eval(model, data, device=CPU, generator=_gen(5), sigma=0.0, num_examples=64)
     assert out["auroc_uniform_noise"] > 0.99
     assert out["mean_norm_uniform_noise"] > 10 * out["mean_norm_in"]
     # inverting levels 124..131 gives 124..131 again: no separation
     assert 0.3 < out["auroc_inverted"] < 0.7
     with pytest.raises(ValueError, match="unknown OOD"):
-        arcsm_anomaly_eval(model, data, device=CPU, generator=_gen(), ood=("rotated",))
+        score_norm_anomaly_eval(model, data, device=CPU, generator=_gen(), ood=("rotated",))
 
 
 class IIDLevels(nn.Module):
@@ -139,22 +132,22 @@ def test_density_anomaly_eval_scores_by_exact_bits_per_dim():
     assert out["mean_bpd_in"] == pytest.approx(expected_in, rel=1e-12)
     assert out["auroc_uniform_noise"] > 0.99 and out["mean_bpd_uniform_noise"] > out["mean_bpd_in"] + 5
     assert 0.3 < out["auroc_inverted"] < 0.7  # 255 - (124..131) = 124..131: no separation
-    with pytest.raises(TypeError, match="arcsm_anomaly_eval"):
+    with pytest.raises(TypeError, match="score_norm_anomaly_eval"):
         density_anomaly_eval(nn.Linear(1, 1), data, device=CPU, generator=_gen())
 
 
 def test_sampler_and_denoise_image_hooks_return_runner_formats():
     img_data = ArrayDataset("digits", torch.randint(0, 17, (8, 1, 2, 2), generator=_gen(6)), None, 17)
     model = MADEConditionalScore(4, hidden=(8,), context_features=2, head_hidden=(4,))
-    out = arcsm_sampler(model, img_data, device=CPU, generator=_gen(7), num_samples=3, n_steps=2)
+    out = ar_langevin_sampler(model, img_data, device=CPU, generator=_gen(7), num_samples=3, num_steps=2)
     assert out["samples"].shape == (3, 1, 2, 2) and out["samples"].dtype == torch.int64
     assert out["samples"].min() >= 0 and out["samples"].max() < 17
-    pics = arcsm_denoise_images(model, img_data, device=CPU, generator=_gen(8), num_examples=4)
+    pics = denoise_images(model, img_data, device=CPU, generator=_gen(8), num_samples=4)
     assert set(pics) == {"clean", "noisy", "denoised"}
     assert all(p.shape == (4, 1, 2, 2) and p.dtype == torch.int64 for p in pics.values())
     toy = ArrayDataset("moons", torch.randn(8, 2), None, None)
-    pts = arcsm_sampler(MADEConditionalScore(2, hidden=(8,)), toy, device=CPU, generator=_gen(9),
-                        num_samples=5, n_steps=2)["samples"]
+    pts = ar_langevin_sampler(MADEConditionalScore(2, hidden=(8,)), toy, device=CPU, generator=_gen(9),
+                        num_samples=5, num_steps=2)["samples"]
     assert pts.shape == (5, 2) and pts.dtype == torch.float32
 
 

@@ -2,8 +2,8 @@
 
 * fast and naive give identical discrete samples (and continuous ones equal to rounding) for the
   same generator, on tiny PixelCNN++ and NCPN (with attention), float64; in float32 they agree to float32 rounding;
-* fast evaluates PixelCNN++ / NCPN through the row cache (no full pass), other models through
-  full passes that it skips when no input changed;
+* fast evaluates PixelCNN++ / NCPN through the row cache (no full pass), other
+  AncestralMixtureModels through full passes that it skips when no input changed;
 * with known conditionals the sample frequencies match the model's pmf (chi-square tests).
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ from scipy import stats
 from torch import nn
 
 from hybrids.distributions import discretized_logistic_mixture_log_prob, num_mixture_params
+from hybrids.models.base import AncestralMixtureModel
 from hybrids.models.pixelcnnpp import NCPN, PixelCNNpp
 from hybrids.models.pixelcnnpp_incremental import IncrementalPixelCNN
 from hybrids.samplers.autoregressive import ancestral_sample
@@ -118,7 +119,7 @@ def test_fast_in_train_mode_runs_full_passes(monkeypatch):
     assert n_fast == 1 + int(changed.sum())
 
 
-class FixedParams(nn.Module):
+class FixedParams(AncestralMixtureModel):
     """Params that ignore the input: pixels are independent with a known pmf each."""
 
     def __init__(self, params: torch.Tensor):
@@ -131,7 +132,7 @@ class FixedParams(nn.Module):
         return self.params.expand(x.shape[0], -1, -1, -1)
 
 
-class PreviousPixelMean(nn.Module):
+class PreviousPixelMean(AncestralMixtureModel):
     """1 x 1 x 2 images, one logistic: pixel 0 ~ mean 0; pixel 1 has mean x_0 (fed-back centre)."""
 
     def __init__(self, log_scale: float):
@@ -235,3 +236,15 @@ def test_discrete_needs_num_levels():
     model = FixedParams(torch.zeros(1, num_mixture_params(1, 1), 2, 2))
     with pytest.raises(ValueError, match="num_levels"):
         ancestral_sample(model, (1, 1, 2, 2))
+    model.num_levels = 4  # the declared attribute is the default K
+    k = ancestral_sample(model, (3, 1, 2, 2), generator=torch.Generator().manual_seed(0))
+    assert k.dtype == torch.int64 and int(k.max()) <= 3
+
+
+def test_models_without_the_declared_contract_are_rejected():
+    class Plain(nn.Module):
+        def forward(self, x, t=None):
+            return torch.zeros(x.shape[0], num_mixture_params(1, 1), *x.shape[2:])
+
+    with pytest.raises(TypeError, match="needs an AncestralMixtureModel.*got Plain"):
+        ancestral_sample(Plain(), (1, 1, 2, 2), num_levels=4)

@@ -1,4 +1,4 @@
-"""DSM objective, weightings and importance sampling of t (METHODS.md section 4)."""
+"""DSM objective, weightings and importance sampling of t."""
 from __future__ import annotations
 
 import math
@@ -10,9 +10,9 @@ from hypothesis import given, settings, strategies as st
 from scipy import integrate, stats
 
 from hybrids.models.analytic import GaussianDataModel
-from hybrids.objectives.dsm import (DSM, closed_form_inverse_cdf, cumulative_importance, importance_normalizer,
-                                    importance_sample_t, likelihood_weighting, original_weighting,
-                                    tabulated_inverse_cdf)
+from hybrids.objectives.dsm import DSM, importance_sample_t, likelihood_weighting, original_weighting
+from hybrids.time_sampling import (closed_form_inverse_cdf, cumulative_importance, importance_normalizer,
+                                   tabulated_inverse_cdf)
 from hybrids.sdes import SubVPSDE, VESDE, VPSDE
 
 SDES = [VESDE(), VPSDE(), SubVPSDE()]
@@ -181,7 +181,7 @@ def test_loss_variance_eval_both_estimators_hit_the_closed_form_and_is_has_less_
     # Data N(0, s0^2 I_D), exact score: E||sigma s + z||^2 = D alpha^2 s0^2 / (alpha^2 s0^2 + sigma^2), so
     # J = 1/(T - eps) int g^2 / sigma^2 * D alpha^2 s0^2 / (2 (alpha^2 s0^2 + sigma^2)) dt.
     from hybrids.data import ArrayDataset
-    from hybrids.scoreflow import dsm_loss_variance_eval
+    from hybrids.hooks import dsm_loss_variance_eval
 
     sde, dim, s0, eps = VPSDE(), 2, 0.5, 1e-3
     model = GaussianDataModel(torch.zeros(dim, dtype=torch.float64), torch.full((dim,), s0**2, dtype=torch.float64), sde)

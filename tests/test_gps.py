@@ -1,4 +1,4 @@
-"""GPS parametrisation (papers/004): scores, Bayes estimator, log-density constant, universality."""
+"""GPS parametrisation (the GPS paper (Saremi et al., 2023)): scores, Bayes estimator, log-density constant, universality."""
 from __future__ import annotations
 
 import math
@@ -184,7 +184,7 @@ def _losses(model, obj, seed: int, n: int = 3000):
 
 
 def test_universality_class_members_have_the_same_loss_law():
-    """papers/004 Prop. 2: members of one class incur losses with the same law (KS two-sample test)."""
+    """the GPS paper (Saremi et al., 2023) Prop. 2: members of one class incur losses with the same law (KS two-sample test)."""
     base = GPSModel(TinyNet((4,), seed=1, skip=1.0, scale=0.1).double(), sigma=1.0, M=4)  # sigma_eff = 0.5
     member = base.with_measurements(16)  # sigma = 2
     explicit = MultimeasurementDenoising(num_levels=None, sample_measurements=True)

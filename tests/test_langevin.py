@@ -1,10 +1,13 @@
 """Langevin samplers: plain overdamped Langevin and the per-dimension AR-CSM sampler."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
+from hybrids.models.base import ARConditionalScoreModel
 from hybrids.models.made import MADEConditionalScore
 from hybrids.samplers.langevin import ar_langevin_sample, langevin_sample
 
@@ -20,7 +23,7 @@ def _moments():
     return L @ MU, L @ torch.diag(V) @ L.T
 
 
-class ExactARScore(nn.Module):
+class ExactARScore(ARConditionalScoreModel):
     """Exact univariate scores of the Gaussian AR target, with a context counter."""
 
     def __init__(self):
@@ -85,7 +88,7 @@ def test_bad_arguments_raise():
         langevin_sample(lambda y: -y, torch.zeros(2, 2), n_steps=0, step_size=0.1)
     with pytest.raises(ValueError, match="step_size"):
         ar_langevin_sample(ExactARScore(), (2, D), n_steps=1, step_size=0.0)
-    with pytest.raises(TypeError, match="context"):
+    with pytest.raises(TypeError, match="needs an ARConditionalScoreModel.*got Linear"):
         ar_langevin_sample(nn.Linear(2, 2), (2, 2), n_steps=1, step_size=0.1)
     with pytest.raises(ValueError, match="init"):
         ar_langevin_sample(ExactARScore(), (2, D), n_steps=1, step_size=0.1, init=torch.zeros(3, D))
@@ -97,7 +100,7 @@ class ReversedExactARScore(ExactARScore):
     def to_sequence(self, x):
         return x.reshape(x.shape[0], -1).flip(1)
 
-    def from_sequence(self, s):
+    def from_sequence(self, s, shape=None):
         return s.flip(1).reshape(s.shape[0], 1, D)
 
 
@@ -107,3 +110,43 @@ def test_ar_langevin_follows_the_models_variable_order():
                            generator=torch.Generator().manual_seed(3))
     assert x.shape == (n, 1, D)
     _check_moments(x.reshape(n, D).flip(1), *_moments(), n)
+
+
+class DuckTypedARScore(nn.Module):
+    """context/head methods without the declared contract: no longer recognised by attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = ExactARScore()
+
+    def context(self, x, t=None):
+        return self.inner.context(x, t)
+
+    def head(self, x_d, c, t=None):
+        return self.inner.head(x_d, c, t)
+
+
+def test_ar_langevin_rejects_models_without_the_declared_contract():
+    with pytest.raises(TypeError, match="ARConditionalScoreModel.*DuckTypedARScore"):
+        ar_langevin_sample(DuckTypedARScore(), (2, D), n_steps=1, step_size=0.1)
+
+
+def test_ar_langevin_draws_are_those_of_the_generator_in_order():
+    """Known answer with a zero head: x = init draws + sqrt(2 eps) (sum of the later draws), the
+    N(0, 1) draws coming from the generator in the order init [B, D], then for each d the
+    n_steps updates of column d."""
+
+    class ZeroHead(ExactARScore):
+        def head(self, x_d, c, t=None):
+            return torch.zeros_like(x_d)
+
+    n, steps, eps = 4, 3, 0.02
+    x = ar_langevin_sample(ZeroHead(), (n, D), n_steps=steps, step_size=eps,
+                           generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    expected = torch.randn(n, D, generator=g, dtype=torch.float64)
+    for d in range(D):
+        for _ in range(steps):
+            expected[:, d : d + 1] = expected[:, d : d + 1] + math.sqrt(2 * eps) * torch.randn(
+                n, 1, generator=g, dtype=torch.float64)
+    assert torch.equal(x, expected)

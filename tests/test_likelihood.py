@@ -1,4 +1,4 @@
-"""Probability-flow ODE likelihood, DSM bound and dequantization (METHODS.md sections 1 and 5)."""
+"""Probability-flow ODE likelihood, DSM bound and dequantization (docs/methods.md sections 1 and 5)."""
 from __future__ import annotations
 
 import math
@@ -342,13 +342,14 @@ def test_likelihood_hook_on_analytic_model():
     """The hook's ODE bpd equals the exact -log p_eps / (D ln 2) for continuous data, and its 95%
     interval is mean +- 1.96 se; the bound lies above (up to Monte Carlo error)."""
     from hybrids.data import ArrayDataset
-    from hybrids.scoreflow import mean_ci, scoreflow_likelihood_eval
+    from hybrids.hooks import score_likelihood_eval
+    from hybrids.stats import mean_ci
 
     sde = VPSDE()
     model = GaussianDataModel(MEAN, VAR, sde)
     x = model.sample(24, 0.0, generator=torch.Generator().manual_seed(0))
     data = ArrayDataset("toy", x, None, None)
-    out = scoreflow_likelihood_eval(model, data, device=torch.device("cpu"), generator=torch.Generator().manual_seed(1),
+    out = score_likelihood_eval(model, data, device=torch.device("cpu"), generator=torch.Generator().manual_seed(1),
                                     num_examples=24, batch_size=12, n_times=200, divergence="exact", rtol=1e-7, atol=1e-7)
     exact_bpd = -model.log_prob(x, _t(1e-5, 24)) / (3 * math.log(2))
     ci = mean_ci(exact_bpd)
@@ -366,14 +367,14 @@ def test_likelihood_hook_on_analytic_model():
 
 
 def test_likelihood_hook_bpd_offset_for_levels():
-    """Integer data: bpd = nll / (D ln 2) + log2(K / 2) (METHODS.md section 1)."""
+    """Integer data: bpd = nll / (D ln 2) + log2(K / 2)."""
     from hybrids.data import ArrayDataset
-    from hybrids.scoreflow import scoreflow_likelihood_eval
+    from hybrids.hooks import score_likelihood_eval
 
     sde = VPSDE()
     model = GaussianDataModel(torch.zeros(1, 2, 2, dtype=F64), torch.full((1, 2, 2), 0.3, dtype=F64), sde)
     k = torch.randint(0, 17, (8, 1, 2, 2), generator=torch.Generator().manual_seed(0))
-    out = scoreflow_likelihood_eval(model, ArrayDataset("digits", k, None, 17), device=torch.device("cpu"),
+    out = score_likelihood_eval(model, ArrayDataset("digits", k, None, 17), device=torch.device("cpu"),
                                     generator=torch.Generator().manual_seed(1), num_examples=8, bound=False,
                                     divergence="exact", rtol=1e-7, atol=1e-7)
     from hybrids.data import dequantize
@@ -385,12 +386,12 @@ def test_likelihood_hook_bpd_offset_for_levels():
 def test_vardeq_hook_runs_on_digits_with_an_analytic_model():
     """Smoke test of the variational-dequantization hook (train split loaded by name, frozen model)."""
     from hybrids.data import load_dataset
-    from hybrids.scoreflow import scoreflow_vardeq_eval
+    from hybrids.hooks import vardeq_likelihood_eval
 
     sde = VPSDE()
     model = GaussianDataModel(torch.zeros(1, 8, 8), torch.full((1, 8, 8), 0.3), sde)
     test = load_dataset("digits", "test")
-    out = scoreflow_vardeq_eval(model, test, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+    out = vardeq_likelihood_eval(model, test, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
                                 train_steps=3, train_batch_size=4, train_n_times=1, hidden=8, num_examples=4,
                                 batch_size=4, n_times=4, rtol=1e-3, atol=1e-3)
     assert math.isfinite(out["vardeq_bound_bpd"]["mean"]) and math.isfinite(out["vardeq_ode_bpd"]["mean"])
@@ -403,7 +404,7 @@ def test_vardeq_hook_reads_the_train_split_from_the_test_splits_directory(tmp_pa
     import numpy as np
 
     from hybrids.data import load_dataset
-    from hybrids.scoreflow import scoreflow_vardeq_eval
+    from hybrids.hooks import vardeq_likelihood_eval
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
@@ -412,7 +413,7 @@ def test_vardeq_hook_reads_the_train_split_from_the_test_splits_directory(tmp_pa
     monkeypatch.setenv("HYBRIDS_DATA", str(tmp_path / "empty"))  # the default directory has no MNIST
     test = load_dataset("mnist", "test", tmp_path)
     model = GaussianDataModel(torch.zeros(1, 28, 28), torch.full((1, 28, 28), 0.3), VPSDE())
-    out = scoreflow_vardeq_eval(model, test, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+    out = vardeq_likelihood_eval(model, test, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
                                 train_steps=1, train_batch_size=2, train_n_times=1, hidden=4, num_examples=2,
                                 batch_size=2, n_times=2, ode=False)
     assert out["vardeq_bound_bpd"]["n"] == 2 and math.isfinite(out["vardeq_bound_bpd"]["mean"])

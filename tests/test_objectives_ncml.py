@@ -1,4 +1,5 @@
-"""MLE and NCML objectives (papers/000; METHODS.md section 6).
+"""MLE and NCML objectives ("Noise-conditional Maximum Likelihood Estimation with Score-based
+Sampling", NeurIPS 2022 Workshop on Score-Based Methods, anonymous submission).
 
 Ground truth: for Gaussian data and the exact GaussianDataModel every term of the NCML objective
 is a closed form (an entropy or a Gaussian cross-entropy); the average over t ~ U(0, t_max] is a
@@ -176,7 +177,7 @@ def test_ncml_gradients_reach_parameters_in_both_parts():
 
 @pytest.mark.parametrize("sde_cls,t_paper,std_paper", [(VESDE, 0.5, 0.707), (VPSDE, 0.1, 0.322), (SubVPSDE, 0.025, 0.0087)])
 def test_paper_defaults_and_their_stds(sde_cls, t_paper, std_paper):
-    """METHODS.md section 6 derives these stds in [-1, 1] units from the SDE formulas."""
+    """The marginal stds sigma(t_max) of the SDE formulas, in [-1, 1] units."""
     sde = sde_cls()
     assert default_t_max(sde) == t_paper == NCML(sde).t_max
     std = float(pixel_std_of(sde, t_paper, num_levels=3))  # (K - 1)/2 = 1: std in [-1, 1] units
@@ -248,7 +249,7 @@ def test_batch_errors():
         MLE(num_levels=17)(model, ["not a tensor"])
 
 
-# --- runner hooks and gin files (hybrids.ncml) ---------------------------------------------------
+# --- runner hooks and gin files (hybrids.hooks) ---------------------------------------------------
 
 def _digits_like(n=6):
     from hybrids.data import ArrayDataset
@@ -258,11 +259,11 @@ def _digits_like(n=6):
 
 
 def test_pi_eval_at_zero_is_the_discrete_bpd_and_reports_degradation():
-    from hybrids.ncml import ncml_pi_eval
+    from hybrids.hooks import pi_perturbation_eval
 
     model = _tiny_pixelcnn().eval()
     data = _digits_like()
-    out = ncml_pi_eval(model, data, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
+    out = pi_perturbation_eval(model, data, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0),
                        num_examples=4, batch_size=3)
     direct = float((-model.discrete_log_prob(data.data[:4]).detach() / (16 * math.log(2))).mean())
     assert out["bpd"]["0.0"] == pytest.approx(direct, rel=1e-12)
@@ -273,20 +274,20 @@ def test_pi_eval_at_zero_is_the_discrete_bpd_and_reports_degradation():
 
 @pytest.mark.parametrize("sde_cls", SDES)
 def test_samplers_return_levels(sde_cls):
-    from hybrids.ncml import ancestral_sampler, hybrid_defaults, ncml_hybrid_sampler
+    from hybrids.hooks import ancestral_sampler, hybrid_sampler
+    from hybrids.samplers.hybrid import hybrid_defaults
 
     model = _tiny_pixelcnn(NCPN, sde=sde_cls()).eval()
     data = _digits_like()
     kw = dict(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), num_samples=2)
-    for out, key in [(ancestral_sampler(model, data, **kw), "ancestral"),
-                     (ncml_hybrid_sampler(model, data, step_size=0.01, **kw), "hybrid")]:
-        levels = out[key]
+    for out in [ancestral_sampler(model, data, **kw), hybrid_sampler(model, data, step_size=0.01, **kw)]:
+        levels = out["samples"]
         assert levels.dtype == torch.int64 and levels.shape == (2, 1, 4, 4)
         assert int(levels.min()) >= 0 and int(levels.max()) <= 16
     assert hybrid_defaults(VESDE())["corrector"] == "langevin"
     assert hybrid_defaults(VPSDE())["predictor"] == "euler_maruyama"
     with pytest.raises(ValueError, match="t0"):
-        ncml_hybrid_sampler(model, data, t0=0.9, **kw)
+        hybrid_sampler(model, data, t0=0.9, **kw)
 
 
 @pytest.mark.parametrize("row", ["pixelcnnpp_mle.gin", "ncml_ve.gin", "ncml_vp.gin", "ncml_subvp.gin"])

@@ -53,7 +53,7 @@ def test_ncml_table_gets_loss_samples_and_pi_pictures_and_rows_without_data_are_
     _write_sample(dir_a, "sampler_a.png", 200)
     for row_dir, bpd in ((dir_a, [3.0, 3.6, 3.9]), (dir_b, [3.1, 3.4, 3.5])):
         pi_eval = {"bpd": dict(zip(("0.0", "0.5", "1.0"), bpd)), "se": {"0.0": 0.05, "0.5": "nan", "1.0": 0.05}}
-        write_json(row_dir / "results.json", {"results": {"ncml_pi_eval": pi_eval}})
+        write_json(row_dir / "results.json", {"results": {"pi_perturbation_eval": pi_eval}})
 
     written = write_table_plots(tmp_path, NCML_TABLE1, rows_dirs)
 
@@ -74,7 +74,7 @@ def test_ncml_table_gets_loss_samples_and_pi_pictures_and_rows_without_data_are_
 
 def test_rows_without_any_data_write_no_picture(tmp_path):
     rows_dirs = _rows_dirs(tmp_path, ["empty"])
-    write_json(rows_dirs[0][1] / "results.json", {"results": {"ncml_pi_eval": {"bpd": {"0.0": "nan"}}}})
+    write_json(rows_dirs[0][1] / "results.json", {"results": {"pi_perturbation_eval": {"bpd": {"0.0": "nan"}}}})
     assert write_table_plots(tmp_path, NCML_TABLE1, rows_dirs) == []
     assert not list(tmp_path.glob("*.png"))
 

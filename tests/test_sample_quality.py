@@ -5,22 +5,22 @@ import pytest
 import torch
 
 from hybrids.data import load_dataset
-from hybrids.metrics.sample_quality import sample_fd_eval
+from hybrids.hooks import sample_fd_eval
 
 CPU = torch.device("cpu")
 
 
-def _real(model, data, *, device, generator):
-    return {"levels": data.data[:200]}
+def _real(model, data, *, device, generator, num_samples):
+    return {"levels": data.data[:num_samples]}
 
 
-def _noise(model, data, *, device, generator):
-    return {"levels": torch.randint(0, data.num_levels, (200, *data.shape), generator=generator)}
+def _noise(model, data, *, device, generator, num_samples):
+    return {"levels": torch.randint(0, data.num_levels, (num_samples, *data.shape), generator=generator)}
 
 
 def test_real_digits_are_closer_than_noise_and_named_as_classifier_fd():
     data = load_dataset("digits", "test")
-    kw = dict(device=CPU, generator=torch.Generator().manual_seed(0), classifier_steps=200)
+    kw = dict(device=CPU, generator=torch.Generator().manual_seed(0), classifier_steps=200, num_quality_samples=200)
     real = sample_fd_eval(None, data, sampler=_real, **kw)
     noise = sample_fd_eval(None, data, sampler=_noise, **kw)
     assert real["metric"] == noise["metric"] == "FD-digits classifier"

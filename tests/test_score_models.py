@@ -89,7 +89,9 @@ def test_noise_parametrisation_is_minus_net_over_sigma(sde_i, t, seed):
     model = ScoreModel(net, sde, "noise")
     x = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
     tt = torch.full((4,), t, dtype=torch.float64)
-    # sigma_t written out independently of the SDE classes (METHODS.md section 3 table).
+    # sigma_t written out independently of the SDE classes: VE sigma_min (sigma_max/sigma_min)^t,
+    # VP sqrt(1 - e^-b), subVP 1 - e^-b, b = beta_min t + (beta_max - beta_min) t^2 / 2 (Song et al.,
+    # "Score-Based Generative Modeling through Stochastic Differential Equations", ICLR 2021).
     b = 0.1 * t + 0.5 * t**2 * 19.9
     one_minus_alpha2 = -torch.expm1(torch.tensor(-b, dtype=torch.float64))
     sigma = [0.01 * 5000.0**t, one_minus_alpha2**0.5, one_minus_alpha2][sde_i]
@@ -111,7 +113,7 @@ SCOREFLOW_ROWS = sorted(p.name for p in GIN_DIR.glob("scoreflow_*.gin"))
 
 def test_all_rows_present():
     expected = {f"scoreflow_{s}_{r}.gin" for s in ("ve", "vp", "subvp") for r in ("original", "likelihood", "likelihood_is")}
-    assert expected | {"scoreflow_vp_likelihood_is_vardeq.gin"} == set(SCOREFLOW_ROWS)
+    assert expected | {"scoreflow_vp_likelihood_is_vardeq.gin"} <= set(SCOREFLOW_ROWS)  # new rows may join
 
 
 @pytest.mark.parametrize("row", SCOREFLOW_ROWS)

@@ -1,4 +1,4 @@
-"""SDEs against closed forms, simulations and the Fokker-Planck equation (METHODS.md section 3)."""
+"""SDEs against closed forms, simulations and the Fokker-Planck equation (docs/methods.md)."""
 from __future__ import annotations
 
 import math
@@ -42,7 +42,7 @@ def test_marginal_coefficients_solve_the_moment_odes(sde):
 
 
 def test_closed_form_table():
-    """The table of METHODS.md section 3 at a few times, written out independently."""
+    """The table of docs/methods.md at a few times, written out independently."""
     t = _t([0.0, 0.3, 1.0])
     ve = VESDE()
     np.testing.assert_allclose(ve.marginal_coefs(t).std.numpy(), 0.01 * 5000 ** t.numpy(), rtol=1e-12)

@@ -185,12 +185,12 @@ class TinyDenoiser(torch.nn.Module):
 def test_walk_jump_sampler_hook_levels_chains_and_class_members():
     from hybrids.data import ArrayDataset, quantize
     from hybrids.models.gps import GPSModel
-    from hybrids.walkjump import walk_jump_sampler
+    from hybrids.hooks import walk_jump_sampler
 
     torch.manual_seed(0)
     model = GPSModel(TinyDenoiser(4), sigma=2.0, M=16)
     data = ArrayDataset("digits", torch.zeros(3, 1, 2, 2, dtype=torch.int64), None, 17)
-    kw = dict(device=torch.device("cpu"), num_chains=5, n_steps=10, friction=0.5)
+    kw = dict(device=torch.device("cpu"), num_samples=5, num_steps=10, friction=0.5)
     out = walk_jump_sampler(model, data, generator=torch.Generator().manual_seed(3), record_every=5, **kw)
     assert out["samples"].shape == (5, 1, 2, 2) and out["samples"].dtype == torch.int64
     assert out["chains"].shape == (10, 1, 2, 2)
@@ -208,14 +208,14 @@ def test_walk_jump_sampler_hook_levels_chains_and_class_members():
 def test_conditioning_eval_hook_matches_closed_form():
     from hybrids.data import ArrayDataset
     from hybrids.models.gps import GPSModel
-    from hybrids.walkjump import conditioning_eval
+    from hybrids.hooks import conditioning_eval
 
     n = 20_000
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 2, generator=g) * torch.tensor([2.0, 1.0])  # eigenvalues 4 and 1
     data = ArrayDataset("checkerboard", x, None, None)
     model = GPSModel(TinyDenoiser(2), sigma=1.0, M=4)  # sigma_eff = 0.5
-    out = conditioning_eval(model, data, device=torch.device("cpu"), generator=g, Ms=(1, 2, 8), num_examples=None)
+    out = conditioning_eval(model, data, device=torch.device("cpu"), generator=g, Ms=(1, 2, 8), num_examples=n)
     assert out["M"] == [1, 2, 8] and out["num_examples"] == n
     tol = 5 * math.sqrt(2 / n)  # relative standard error of a sample variance, 5 sigma
     assert math.isclose(out["kappa_class"][0], (4 + 0.25) / (1 + 0.25), rel_tol=tol)

@@ -5,8 +5,10 @@ from hybrids.data.transforms import (
     bin_centers,
     check_levels,
     dequantize,
+    level_values,
     perturb_lsb,
     quantize,
+    to_model_space,
     to_unit_interval,
 )
 
@@ -18,10 +20,12 @@ __all__ = [
     "check_levels",
     "default_data_dir",
     "dequantize",
+    "level_values",
     "load_dataset",
     "perturb_lsb",
     "quantize",
     "read_idx",
     "sample_toy",
+    "to_model_space",
     "to_unit_interval",
 ]

@@ -1,8 +1,8 @@
 """Maps between integer levels and the centred model space, and the pi-perturbation test.
 
-METHODS.md section 1: integer data k in {0, ..., K-1}; uniform dequantization
+docs/methods.md: integer data k in {0, ..., K-1}; uniform dequantization
 x = 2 (k + u) / K - 1 with u ~ U[0, 1)^D, so x lies in [-1, 1). ``quantize`` inverts it.
-METHODS.md section 6: ``perturb_lsb`` is the sanity-test perturbation p_pi of NCML.
+docs/methods.md: ``perturb_lsb`` is the sanity-test perturbation p_pi of NCML.
 """
 from __future__ import annotations
 
@@ -96,6 +96,42 @@ def bin_centers(k: Tensor, num_levels: int, *, dtype: torch.dtype = torch.float3
     return (2.0 * k.to(dtype) + 1.0) / num_levels - 1.0
 
 
+def level_values(k: Tensor, num_levels: int, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The grid value of each level, c_k = 2 k / (K - 1) - 1 (from -1 at k = 0 to 1 at k = K - 1).
+
+    This is where discretized logistic mixtures (PixelCNN++, MADE with a mixture head) put level k,
+    and what an autoregressive model conditions on after drawing k (not the dequantization bin
+    centre of :func:`bin_centers`).
+    """
+    if isinstance(num_levels, bool) or int(num_levels) != num_levels or num_levels < 2:
+        raise ValueError(f"num_levels must be an int >= 2, got {num_levels!r}")
+    return 2.0 * k.to(dtype) / (num_levels - 1) - 1.0
+
+
+def to_model_space(data: Tensor, num_levels: int | None, generator: torch.Generator | None = None,
+                   dtype: torch.dtype = torch.float32) -> Tensor:
+    """Integer levels -> uniformly dequantized x in [-1, 1] (:func:`dequantize`); float data
+    (2-D toys, ``num_levels=None``) are returned as they are.
+
+    Raises:
+        TypeError: if integer data come with ``num_levels=None`` or float data with a K.
+        ValueError: integer levels outside {0..K-1}.
+    """
+    if num_levels is None:
+        if not data.is_floating_point():
+            raise TypeError(
+                f"num_levels=None means continuous data, but the data have dtype {data.dtype}; "
+                "set num_levels to the dataset's number of levels for integer data."
+            )
+        return data
+    if data.is_floating_point():
+        raise TypeError(
+            f"num_levels={num_levels} expects integer levels, but the data have dtype {data.dtype}; "
+            "set num_levels=None for continuous data."
+        )
+    return dequantize(data, num_levels, generator, dtype=dtype)
+
+
 def to_unit_interval(x: Tensor) -> Tensor:
     """Map centred data [-1, 1] to [0, 1]: y = (x + 1) / 2."""
     return (x + 1.0) / 2.0
@@ -107,7 +143,7 @@ def perturb_lsb(
     num_levels: int = 256,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """NCML's sanity-test perturbation p_pi (METHODS.md section 6).
+    """NCML's sanity-test perturbation p_pi (docs/methods.md).
 
     Each dimension independently moves +1 (probability pi/2), -1 (probability pi/2) or stays
     (probability 1 - pi). At the ends the move is reflected (0 -> 1, K-1 -> K-2), so every

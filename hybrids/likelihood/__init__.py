@@ -1,8 +1,8 @@
 """Likelihood tools: units (bits/dim); probability-flow ODE, DSM bound and dequantization
 are added by the ScoreFlow modules of this package."""
-from hybrids.likelihood.units import bits_per_dim, discrete_bits_per_dim
+from hybrids.likelihood.units import bits_per_dim, nats_to_bpd
 
-__all__ = ["bits_per_dim", "discrete_bits_per_dim"]
+__all__ = ["bits_per_dim", "nats_to_bpd"]
 from hybrids.likelihood.bound import dsm_bound, eps_correction_sample
 from hybrids.likelihood.dequantize import (VariationalDequantizer, dequantization_log_prob,
                                            train_variational_dequantizer)

@@ -1,6 +1,7 @@
-"""Denoising-score-matching upper bound on -log p of a score model (papers/002, Theorem 3).
+"""Denoising-score-matching upper bound on -log p of a score model.
 
-METHODS.md section 5: for data x (taken at time eps) and x_t = m(t) x + sigma_t z,
+Song, Durkan, Murray and Ermon, "Maximum Likelihood Training of Score-Based Diffusion Models",
+NeurIPS 2021, Theorem 3: for data x (taken at time eps) and x_t = m(t) x + sigma_t z,
 
     -log p(x) <= E[-log pi(x_T)]
                  + 1/2 int_eps^T E_z[ g^2 ||s(x_t, t) + z/sigma_t||^2 - g^2 ||z||^2/sigma_t^2 - 2 div f ] dt,
@@ -10,10 +11,10 @@ algebraically equal, cancellation-free form g^2 (||s||^2 + 2 s.z / sigma_t) - 2 
 E[-log pi(x_T)] in closed form: D/2 log(2 pi sigma_p^2) + (m_T^2 ||x||^2 + D sigma_T^2) / (2 sigma_p^2).
 The time integral is a Monte Carlo average over ``n_times`` draws of t per datapoint, each with
 its own z, from U[eps, T] or from the importance sampler q(t) proportional to g^2/sigma^2 of
-``hybrids.objectives.dsm`` (weight 1/q = Z sigma_t^2 / g^2).
+``hybrids.time_sampling`` (weight 1/q = Z sigma_t^2 / g^2).
 
-Eps correction (papers/002 App. B, as the reference code applies it). With the transition kernel
-p_0t started at the data x, the integral above restricted to [eps, T] (call it bound_eps(x))
+Eps correction (the same paper's appendix B, as its reference code applies it). With the
+transition kernel p_0t started at the data x, the integral above restricted to [eps, T] (call it bound_eps(x))
 bounds E_{x_eps ~ p_0eps(.|x)}[-log p_eps(x_eps)], not -log p_eps(x): the path starts at x at
 time 0 and reaches x_eps ~ N(m_eps x, s_eps^2 I) at eps (for exact scores it equals that
 expectation). With the Tweedie decoder r(x | x_eps) = N((x_eps + s_eps^2 s(x_eps, eps)) / m_eps,
@@ -21,9 +22,11 @@ expectation). With the Tweedie decoder r(x | x_eps) = N((x_eps + s_eps^2 s(x_eps
 
     -log p(x) <= bound_eps(x) - E[log r(x | x_eps)] - H,   H = D/2 log(2 pi e s_eps^2).
 
-So the integral is evaluated at x and only the decoder term at a draw x_eps. (METHODS.md writes
-E[bound_eps(x_eps) - log r]; evaluating the kernel-from-0 integral at x_eps would add the eps
+So the integral is evaluated at x and only the decoder term at a draw x_eps. (The form
+E[bound_eps(x_eps) - log r], which evaluates the kernel-from-0 integral at x_eps, would add the eps
 noise twice, loosening the bound by about D m_eps^2 s_eps^2 / (2 Var) nats.)
+
+Gaussian draws follow ``hybrids.tensors``' rule (on the generator's device, then moved to x's).
 """
 from __future__ import annotations
 
@@ -33,24 +36,12 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from hybrids.models.base import NoiseConditionalModel
-from hybrids.objectives.dsm import importance_sample_t
+from hybrids.models.base import as_score_fn
 from hybrids.sdes import SDE
+from hybrids.tensors import expand_as_batch, randn_like
+from hybrids.time_sampling import check_eps, importance_sample_t, uniform_times
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
-
-
-def as_score_fn(score_fn) -> ScoreFn:
-    """A ``NoiseConditionalModel`` becomes its ``score`` method; other callables pass through."""
-    if isinstance(score_fn, NoiseConditionalModel):
-        return score_fn.score
-    if not callable(score_fn):
-        raise TypeError(f"score_fn must be a callable score_fn(x, t) or a NoiseConditionalModel; got {type(score_fn)}.")
-    return score_fn
-
-
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
 def _time(value: float, x: Tensor) -> Tensor:
@@ -65,8 +56,8 @@ def eps_correction_sample(score_fn, sde: SDE, x: Tensor, eps: float,
                           entropy: str = "closed_form") -> tuple[Tensor, Tensor]:
     """Draw x_eps ~ N(m_eps x, s_eps^2 I) and return ``(x_eps, log r(x | x_eps) + H)``.
 
-    Then -log p(x) <= E[-log p_eps(x_eps) - (log r(x | x_eps) + H)] (METHODS.md section 5).
-    ``entropy='closed_form'`` uses H = D/2 log(2 pi e s_eps^2) as METHODS.md states;
+    Then -log p(x) <= E[-log p_eps(x_eps) - (log r(x | x_eps) + H)] (see the module docstring).
+    ``entropy='closed_form'`` uses H = D/2 log(2 pi e s_eps^2), the entropy of q(x_eps | x);
     ``'sample'`` uses its single-sample estimate -log q(x_eps | x), which has the same
     expectation and cancels the ||z||^2 / 2 fluctuation of log r (variance about D/2 lower).
 
@@ -86,8 +77,8 @@ def eps_correction_sample(score_fn, sde: SDE, x: Tensor, eps: float,
     fn = as_score_fn(score_fn)
     t = _time(eps, x)
     coefs = sde.marginal_coefs(t)
-    m, s = _bcast(coefs.mean_coef, x), _bcast(coefs.std, x)
-    x_eps, z = sde.perturb(x, t, generator=generator)
+    m, s = expand_as_batch(coefs.mean_coef, x), expand_as_batch(coefs.std, x)
+    x_eps, z = sde.perturb(x, t, randn_like(x, generator))
     mean = (x_eps + s**2 * fn(x_eps, t)) / m
     r_std = s / m
     log_r = (-0.5 * ((x - mean) / r_std) ** 2 - torch.log(r_std) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
@@ -127,14 +118,14 @@ def dsm_bound(
         score_fn: s(x, t) with ``t`` ``[B]``, or a NoiseConditionalModel.
         sde: the forward SDE.
         x: data in model space, ``[B, ...]``.
-        n_times: Monte Carlo time points per datapoint (papers/002: 1000).
+        n_times: Monte Carlo time points per datapoint (the NeurIPS 2021 paper: 1000).
         importance_sampling: t ~ q(t) proportional to g^2/sigma^2 instead of U[eps, T].
         eps: start time of the integral.
         eps_correction: bound -log p_0(x) through x_eps and the Tweedie decoder (True) or
             return the bound on -log p_eps evaluated at x (False).
         generator: random source of t, z and x_eps.
         time_chunk: time points evaluated per network call (memory control).
-        entropy: entropy term of the eps correction, ``'closed_form'`` (METHODS.md) or
+        entropy: entropy term of the eps correction, ``'closed_form'`` or
             ``'sample'`` (same expectation, lower variance); see :func:`eps_correction_sample`.
 
     Returns:
@@ -142,8 +133,7 @@ def dsm_bound(
     """
     if n_times < 1 or time_chunk < 1:
         raise ValueError(f"n_times and time_chunk must be >= 1; got {n_times}, {time_chunk}.")
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T = {sde.T}); got {eps}.")
+    check_eps(sde, eps)
     fn = as_score_fn(score_fn)
     correction = None
     if eps_correction:
@@ -161,12 +151,10 @@ def dsm_bound(
             g2 = sde.diffusion(t) ** 2
             inv_q = w / g2
         else:
-            u = torch.rand(batch * n, generator=generator, dtype=x.dtype,
-                           device=generator.device if generator is not None else x.device).to(x.device)
-            t = eps + (sde.T - eps) * u
+            t = uniform_times(batch * n, eps, sde.T, generator, dtype=x.dtype, device=x.device)
             g2 = sde.diffusion(t) ** 2
             inv_q = torch.full_like(t, sde.T - eps)
-        x_t, z = sde.perturb(xr, t, generator=generator)
+        x_t, z = sde.perturb(xr, t, randn_like(xr, generator))
         std = sde.marginal_coefs(t).std
         s = fn(x_t, t).flatten(1)
         zf = z.flatten(1)

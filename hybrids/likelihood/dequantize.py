@@ -1,4 +1,4 @@
-"""Dequantization bounds on the discrete likelihood of a continuous density (METHODS.md section 1).
+"""Dequantization bounds on the discrete likelihood of a continuous density.
 
 Pixel space: integer levels k in {0..K-1}^D, continuous y = k + u with u in [0, 1)^D; model space
 x = 2 (k + u) / K - 1 in [-1, 1]^D, so log p_pixel(k + u) = log p_x(x) + D log(2 / K).
@@ -8,12 +8,13 @@ For any dequantizer q(u | k) on [0, 1)^D and S samples u_s ~ q(u | k),
 
 (S = 1 with q uniform, log q = 0, is the usual uniform-dequantization bound).
 
-Variational dequantization (Flow++, papers/003): q_phi(u | k) is the push-forward of
+Variational dequantization (Flow++: Ho, Chen, Srinivas, Duan and Abbeel, ICML 2019): q_phi(u | k) is the push-forward of
 v ~ U(0, 1)^D through u = sigmoid(h_phi(logit(v); k)), h_phi a stack of conditional affine
 coupling layers. Each coupling's scale and shift nets end in zero-initialised layers, so at
 initialisation h_phi is the identity, u = v exactly and log q(u | k) = 0: the untrained flow IS
 uniform dequantization. log q(u | k) = -[log|d logit/dv| + log|det dh/dy| + log|d sigmoid/dy'|].
-The conditioner is an MLP on the flattened levels (2k/(K-1) - 1) and the unmasked coordinates.
+The conditioner is an MLP on the flattened level values 2k/(K-1) - 1
+(``hybrids.data.transforms.level_values``) and the unmasked coordinates.
 """
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+
+from hybrids.data.transforms import level_values
+from hybrids.tensors import model_dtype, rand
 
 LogProbFn = Callable[[Tensor], Tensor]
 _CLAMP = 1e-6
@@ -87,12 +91,11 @@ class VariationalDequantizer(nn.Module):
         """
         if k[0].numel() != self.num_dims:
             raise ValueError(f"VariationalDequantizer(num_dims={self.num_dims}) got k of shape {tuple(k.shape)}.")
-        dtype = next(self.parameters()).dtype
+        dtype = model_dtype(self)
         flat_k = k.flatten(1).to(dtype)
-        device = generator.device if generator is not None else flat_k.device
-        v = torch.rand(flat_k.shape, generator=generator, dtype=dtype, device=device).to(flat_k.device)
+        v = rand(flat_k.shape, generator, dtype=dtype, device=flat_k.device)
         v = v.clamp(_CLAMP, 1 - _CLAMP)
-        cond = 2 * flat_k / (self.num_levels - 1) - 1
+        cond = level_values(flat_k, self.num_levels, dtype=dtype)
         y = torch.log(v) - torch.log1p(-v)
         log_det = -(torch.log(v) + torch.log1p(-v)).sum(1)  # log |d logit / dv|
         for coupling in self.couplings:
@@ -135,8 +138,7 @@ def dequantization_log_prob(
     terms = []
     for _ in range(n_samples):
         if dequantizer is None:
-            device = generator.device if generator is not None else k.device
-            u = torch.rand(k.shape, generator=generator, dtype=dtype, device=device).to(k.device)
+            u = rand(k.shape, generator, dtype=dtype, device=k.device)
             log_q = torch.zeros(k.shape[0], dtype=dtype, device=k.device)
         else:
             u, log_q = dequantizer.sample(k, generator)

@@ -1,4 +1,8 @@
-"""Exact likelihood of a score model through the probability-flow ODE (papers/002; METHODS.md s. 5).
+"""Exact likelihood of a score model through the probability-flow ODE.
+
+Song, Sohl-Dickstein, Kingma, Kumar, Ermon and Poole, "Score-Based Generative Modeling through
+Stochastic Differential Equations", ICLR 2021, and Song, Durkan, Murray and Ermon, "Maximum
+Likelihood Training of Score-Based Diffusion Models", NeurIPS 2021.
 
 dx/dt = F(x, t) = f(x, t) - g(t)^2 s(x, t) / 2 is integrated from eps to t_end (default T) with
 torchdiffeq together with the divergence integral, and
@@ -21,8 +25,10 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from hybrids.likelihood.bound import as_score_fn, eps_correction_sample
+from hybrids.likelihood.bound import eps_correction_sample
+from hybrids.models.base import as_score_fn
 from hybrids.sdes import SDE
+from hybrids.tensors import expand_as_batch, randn_like
 
 DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")
@@ -54,9 +60,9 @@ def make_probe(x: Tensor, probe: str, generator: torch.Generator | None = None) 
     """Hutchinson probe like ``x``: Rademacher (+-1) or standard Gaussian entries."""
     if probe not in PROBES:
         raise ValueError(f"Unknown probe {probe!r}; choose one of {PROBES}.")
-    device = generator.device if generator is not None else x.device
     if probe == "gaussian":
-        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+        return randn_like(x, generator)
+    device = generator.device if generator is not None else x.device  # drawn there, then moved
     bits = torch.randint(0, 2, x.shape, generator=generator, device=device).to(x.device)
     return (2 * bits - 1).to(x.dtype)
 
@@ -68,7 +74,7 @@ def flow_and_divergence(score_fn, sde: SDE, x: Tensor, t: Tensor, *, probe: Tens
     ``x`` must require grad (the caller prepares it); ``create_graph`` keeps the graph of the
     divergence for gradients with respect to the parameters.
     """
-    drift = sde.drift(x, t) - 0.5 * (sde.diffusion(t) ** 2).reshape((-1,) + (1,) * (x.ndim - 1)) * score_fn(x, t)
+    drift = sde.drift(x, t) - 0.5 * expand_as_batch(sde.diffusion(t) ** 2, x) * score_fn(x, t)
     if probe is not None:
         (vjp,) = torch.autograd.grad(drift, x, probe, create_graph=create_graph)
         return drift, (vjp * probe).flatten(1).sum(1)
@@ -105,7 +111,7 @@ def ode_log_prob(
         x: data in model space, ``[B, ...]``.
         divergence: ``'hutchinson'`` or ``'exact'`` (D backward passes per evaluation).
         probe: Hutchinson probe, ``'rademacher'`` or ``'gaussian'``, drawn once per solve.
-        eps: start time (papers/002: 1e-5; 1e-2 for subVP likelihoods).
+        eps: start time (the NeurIPS 2021 paper: 1e-5; 1e-2 for subVP likelihoods).
         rtol, atol: tolerances of the adaptive solver.
         method: a torchdiffeq method name (``'dopri5'`` = RK45 as in score_sde).
         generator: random source of the probe (and of x_eps).

@@ -1,4 +1,4 @@
-"""Unit conversions for likelihoods (papers/003; METHODS.md section 1).
+"""Unit conversions for likelihoods: nats per example to bits per dimension.
 
 Bits per dimension are reported in discrete pixel space: bpd = -log P(k) / (D ln 2). A continuous
 density on dequantized data centred in [-1, 1] (x = 2 (k + u) / K - 1) has
@@ -29,9 +29,15 @@ def bits_per_dim(nll_nats: Tensor, num_dims: int, num_levels: int = 256, centere
     if num_dims <= 0 or num_levels <= 1:
         raise ValueError(f"num_dims must be positive and num_levels > 1; got {num_dims}, {num_levels}.")
     offset = math.log2(num_levels / 2) if centered else math.log2(num_levels)
-    return nll_nats / (num_dims * math.log(2)) + offset
+    return nats_to_bpd(nll_nats, num_dims) + offset
 
 
-def discrete_bits_per_dim(nll_nats: Tensor, num_dims: int) -> Tensor:
-    """-log P(k) / (D ln 2) for a discrete likelihood in nats (no dequantization offset)."""
+def nats_to_bpd(nll_nats: Tensor | float, num_dims: int) -> Tensor | float:
+    """-log P / (D ln 2): nats per example to bits per dimension, with no dequantization offset.
+
+    The library's one conversion from nats to bits: use it for discrete likelihoods (-log P(k)
+    of integer data) and for continuous data reported without an offset (2-D toys).
+    """
+    if num_dims <= 0:
+        raise ValueError(f"num_dims must be positive; got {num_dims}.")
     return nll_nats / (num_dims * math.log(2))

@@ -1,11 +1,37 @@
-"""Area under the ROC curve for out-of-distribution detection (AR-CSM, papers/001)."""
+"""Out-of-distribution detection: the AUROC of a detector and the OOD image sets it is tested on."""
 from __future__ import annotations
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
+from torch import Tensor
 
-__all__ = ["auroc"]
+__all__ = ["OOD_SETS", "auroc", "ood_levels"]
+
+OOD_SETS = ("uniform_noise", "inverted", "flipped")
+
+
+def ood_levels(name: str, k: Tensor, num_levels: int, generator: torch.Generator | None = None) -> Tensor:
+    """Out-of-distribution images made from in-distribution images ``k`` ``[N, C, H, W]``.
+
+    Args:
+        name: ``'uniform_noise'`` (i.i.d. uniform levels, drawn with ``generator``), ``'inverted'``
+            (K - 1 - k) or ``'flipped'`` (upside down).
+        k: int64 levels.
+        num_levels: K.
+        generator: random source of ``'uniform_noise'``.
+
+    Returns:
+        int64 levels shaped like ``k``.
+    """
+    if name == "uniform_noise":
+        device = generator.device if generator is not None else k.device
+        return torch.randint(0, num_levels, k.shape, generator=generator, device=device).to(k.device)
+    if name == "inverted":
+        return num_levels - 1 - k
+    if name == "flipped":
+        return torch.flip(k, dims=(-2,))
+    raise ValueError(f"unknown OOD set {name!r}; choose from {OOD_SETS}")
 
 
 def _as_scores(scores: np.ndarray | torch.Tensor | list[float], which: str) -> np.ndarray:

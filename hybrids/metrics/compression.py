@@ -1,8 +1,8 @@
-"""Lossless-codec baselines for bits per dimension (papers/003).
+"""Lossless-codec baselines for bits per dimension.
 
 bpd = 8 * (total bytes of the encoded files) / (total number of pixel values), counting every
-byte the codec writes (headers and checksums included), as papers/003 does for its quoted
-CIFAR-10 numbers.
+byte the codec writes (headers and checksums included), as Eric Jang, "Tips for Training
+Likelihood Models" (blog post, 2021), does for its quoted CIFAR-10 numbers.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from PIL import Image, features
 
 __all__ = ["CIFAR10_PNG_BPD", "CIFAR10_WEBP_BPD", "png_bits_per_dim", "webp_bits_per_dim", "encode_image"]
 
-# papers/003 (Tutorial on evaluating likelihood models): PNG and lossless WebP on CIFAR-10
-# achieve "about 5.87 and 4.61 bits" per dimension (PNG: 5.72 without headers and CRCs).
+# Eric Jang, "Tips for Training Likelihood Models" (blog post, 2021): PNG and lossless WebP on
+# CIFAR-10 achieve "about 5.87 and 4.61 bits" per dimension (PNG: 5.72 without headers and CRCs).
 CIFAR10_PNG_BPD = 5.87
 CIFAR10_WEBP_BPD = 4.61
 

@@ -1,4 +1,4 @@
-"""Condition numbers of Gaussian M-densities (papers/004, Section 4; METHODS.md section 8).
+"""Condition numbers of Gaussian M-densities (the GPS paper (Saremi et al., 2023), Section 4; docs/methods.md).
 
 For data x ~ N(mu, Sigma) with eigenvalues lambda_1..lambda_D and y_m = x + sigma eps_m,
 m = 1..M, the covariance of y = (y_1, ..., y_M) in R^{MD} (measurement-major order) is

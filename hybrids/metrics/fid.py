@@ -1,6 +1,8 @@
-"""Frechet distances between Gaussian fits of features (METHODS.md section 9).
+"""Frechet distances between Gaussian fits of features.
 
-FD = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+FD = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) (Heusel, Ramsauer, Unterthiner, Nessler and
+Hochreiter, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash Equilibrium",
+NeurIPS 2017).
 
 Two feature extractors share one small protocol (``name``, ``metric_name``,
 ``extract(levels, num_levels) -> [N, F]``):
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Protocol
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hybrids.data import bin_centers, check_levels, default_data_dir, load_dataset
+from hybrids.io import atomic_torch_save, atomic_write
 
 __all__ = [
     "FID_WEIGHTS_FILE",
@@ -319,18 +321,6 @@ def classifier_predict(classifier: DomainClassifier, levels: Tensor, batch_size:
         classifier.train(was_training)
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def train_domain_classifier(
     dataset_name: str = "digits",
     data_dir: str | os.PathLike | None = None,
@@ -399,7 +389,7 @@ def train_domain_classifier(
     test = load_dataset(dataset_name, "test", data_dir, num_examples=None)
     model.test_accuracy = float((classifier_predict(model, test.data) == test.labels).double().mean())
     state = {k: v.cpu() for k, v in model.state_dict().items()}
-    _atomic_torch_save({"config": config, "state_dict": state, "test_accuracy": model.test_accuracy}, path)
+    atomic_torch_save({"config": config, "state_dict": state, "test_accuracy": model.test_accuracy}, path)
     return model
 
 
@@ -416,8 +406,8 @@ def dataset_stats(
     """Feature mean and covariance of a dataset split, cached as npz.
 
     Cache file: ``cache_dir/fid_stats/<name>_<split>_<extractor.name>[_n<num_examples>].npz``
-    with keys ``mu``, ``sigma``, ``num_examples``; written to a temporary file and moved into
-    place with ``os.replace`` so that readers never see a partial file.
+    with keys ``mu``, ``sigma``, ``num_examples``; written atomically (``hybrids.io.atomic_write``)
+    so that readers never see a partial file.
 
     Returns:
         mu ``[F]``, sigma ``[F, F]``.
@@ -432,15 +422,7 @@ def dataset_stats(
     if data.num_levels is None:
         raise ValueError(f"dataset_stats needs an image dataset, {name!r} is continuous")
     mu, sigma = gaussian_stats(extractor.extract(data.data, data.num_levels))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, mu=mu, sigma=sigma, num_examples=len(data))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma, num_examples=len(data)))
     return mu, sigma
 
 

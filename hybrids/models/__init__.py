@@ -1,8 +1,20 @@
-"""Models: the NoiseConditionalModel contract and the networks that implement it."""
+"""Models: the NoiseConditionalModel contract, its AR-CSM and ancestral-mixture side contracts
+(``hybrids.models.base``) and the networks that implement them."""
 from hybrids.models.analytic import GaussianDataModel
-from hybrids.models.base import NoiseConditionalModel
+from hybrids.models.base import (
+    AncestralMixtureModel,
+    ARConditionalScoreModel,
+    IncrementalCache,
+    NoiseConditionalModel,
+)
 
-__all__ = ["GaussianDataModel", "NoiseConditionalModel"]
+__all__ = [
+    "ARConditionalScoreModel",
+    "AncestralMixtureModel",
+    "GaussianDataModel",
+    "IncrementalCache",
+    "NoiseConditionalModel",
+]
 from hybrids.models.gps import GPSModel  # noqa: E402
 
 __all__ += ["GPSModel"]
@@ -12,9 +24,17 @@ from hybrids.models.unet import UNet  # noqa: E402
 
 __all__ += ["ScoreModel", "TimeMLP", "UNet"]
 from hybrids.models.heads import PixelCNNConditionalScore  # noqa: E402
-from hybrids.models.made import MADE, MADEConditionalScore, MADEDensity  # noqa: E402
+from hybrids.models.made import (  # noqa: E402
+    MADE,
+    GaussianConditional,
+    LogisticMixtureConditional,
+    MADEConditional,
+    MADEConditionalScore,
+    MADEDensity,
+)
 
-__all__ += ["MADE", "MADEConditionalScore", "MADEDensity", "PixelCNNConditionalScore"]
+__all__ += ["GaussianConditional", "LogisticMixtureConditional", "MADE", "MADEConditional",
+            "MADEConditionalScore", "MADEDensity", "PixelCNNConditionalScore"]
 from hybrids.models.pixelcnnpp import NCPN, PixelCNNpp  # noqa: E402
 
 __all__ += ["NCPN", "PixelCNNpp"]

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from hybrids.models.base import NoiseConditionalModel, check_time
 from hybrids.sdes import SDE
+from hybrids.tensors import expand_as_batch, randn_like
 
 
 @gin.configurable(module="hybrids.models")
@@ -51,9 +52,8 @@ class GaussianDataModel(NoiseConditionalModel):
         """Mean and variance of p_t, each ``[B, *event]``."""
         t = check_time(like, t)
         coefs = self.sde.marginal_coefs(t)
-        shape = (-1,) + (1,) * self.mean.ndim
-        m = coefs.mean_coef.reshape(shape)
-        s = coefs.std.reshape(shape)
+        m = expand_as_batch(coefs.mean_coef, like)
+        s = expand_as_batch(coefs.std, like)
         mean = m * self.mean.to(like.dtype)
         var = m**2 * self.var.to(like.dtype) + s**2
         return mean, var
@@ -75,13 +75,12 @@ class GaussianDataModel(NoiseConditionalModel):
         """E[x_0 | x_t = x] = (x + sigma(t)^2 score(x, t)) / m(t) (Tweedie), shaped like ``x``."""
         t = check_time(x, t)
         coefs = self.sde.marginal_coefs(t)
-        shape = (-1,) + (1,) * self.mean.ndim
-        s2 = coefs.std.reshape(shape) ** 2
-        return (x + s2 * self.score(x, t)) / coefs.mean_coef.reshape(shape)
+        s2 = expand_as_batch(coefs.std, x) ** 2
+        return (x + s2 * self.score(x, t)) / expand_as_batch(coefs.mean_coef, x)
 
     def sample(self, num: int, t: Tensor | float, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``num`` samples of p_t, ``[num, *event]``."""
         like = torch.empty((num,) + tuple(self.mean.shape), dtype=self.mean.dtype, device=self.mean.device)
         mean, var = self.marginal_params(torch.as_tensor(t), like)
-        z = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+        z = randn_like(like, generator)
         return mean + var.sqrt() * z

@@ -1,6 +1,7 @@
-"""GPS: the permutation-equivariant parametrisation of Gaussian M-density scores (papers/004).
+"""GPS: the permutation-equivariant parametrisation of Gaussian M-density scores.
 
-Multimeasurement noise model (METHODS.md section 8): y_m = x + sigma eps_m, m = 1..M, so the
+Saremi, Srivastava and Bach, "Universal Smoothed Score Functions for Generative Modeling", arXiv
+2023. Multimeasurement noise model: y_m = x + sigma eps_m, m = 1..M, so the
 empirical mean ybar = mean_m y_m = x + sigma_eff eps with sigma_eff = sigma / sqrt(M). Completing
 the square in the factorial kernel gives
 
@@ -9,7 +10,7 @@ the square in the factorial kernel gives
     grad_{y_m} log p(y) = (ybar - y_m) / sigma^2 + g(ybar) / M,   g = grad log p_{sigma_eff},
     xhat(y) = E[x | y] = ybar + (sigma^2 / M) g(ybar) = ybar + sigma_eff^2 g(ybar).
 
-GPS (papers/004, Definition 1) parametrises the one function g of ybar with a network; every
+GPS (same paper, Definition 1) parametrises the one function g of ybar with a network; every
 measurement score is then permutation equivariant by construction. Models with the same
 sigma_eff form a universality class and share the network (``GPSModel.with_measurements``).
 
@@ -73,7 +74,7 @@ def multimeasurement_log_prob(
     """Exact log-density of the Gaussian M-density given log p_{sigma/sqrt M} of the mean.
 
     log p(y) = -sum_m ||y_m - ybar||^2 / (2 sigma^2) + log p_{sigma/sqrt M}(ybar)
-               - (M - 1) D/2 log(2 pi sigma^2) - (D/2) log M        (METHODS.md section 8)
+               - (M - 1) D/2 log(2 pi sigma^2) - (D/2) log M
 
     Args:
         y: measurements ``[B, M, *event]``, D = prod(event).
@@ -95,7 +96,7 @@ def multimeasurement_log_prob(
 
 @gin.configurable(module="hybrids.models")
 class GPSModel(NoiseConditionalModel):
-    """Score of a Gaussian M-density through one network g(ybar) (GPS, papers/004).
+    """Score of a Gaussian M-density through one network g(ybar) (GPS, Saremi et al. 2023).
 
     Args:
         net: raw network ``net(u: [B, *event], t: [B]) -> like u`` predicting the clean x from the

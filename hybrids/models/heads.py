@@ -1,4 +1,6 @@
-"""Heads of autoregressive conditional score models (AR-CSM, papers/001; METHODS.md section 7).
+"""Heads of autoregressive conditional score models (AR-CSM).
+
+Meng, Yu, Song, Song and Ermon, "Autoregressive Score Matching", NeurIPS 2020.
 
 An AR-CSM parametrises the univariate conditional score s_d = d/dx_d log q(x_d | x_<d) as
 
@@ -10,22 +12,30 @@ enters h, d s_d / d x_d for all d comes from one backward pass of sum_d h(x_d, c
 to a separate leaf copy of x (``diagonal_conditional_scores``). Smooth activations (softplus, ELU,
 SiLU) keep ds_d/dx_d informative; ReLU makes it piecewise constant and is rejected.
 
-This module holds:
+The contract (``context``, ``head``, ``to_sequence``/``from_sequence`` and the derived
+``conditional_scores``) is :class:`hybrids.models.base.ARConditionalScoreModel`. This module holds:
 
-* :class:`ConditionalScoreHead`: the shared per-position MLP h for vector backbones (MADE);
-* :func:`diagonal_conditional_scores`: the one-backward evaluation of (s, ds/dx) used by every
-  AR-CSM model;
-* :class:`PixelCNNConditionalScore`: an AR-CSM on the PixelCNN++ backbone with a 1x1 head.
+* :class:`ConditionalScoreHead`: the shared per-position MLP h (MADE and PixelCNN++ backbones);
+* :class:`PixelCNNConditionalScore`: an AR-CSM on the PixelCNN++ backbone with a 1x1 head
+  (Salimans, Karpathy, Chen and Kingma, "PixelCNN++", ICLR 2017);
+* re-exported from ``hybrids.models.base``: :func:`diagonal_conditional_scores`, the
+  one-backward evaluation of (s, ds/dx) used by every AR-CSM model, and
+  ``AR_CSM_SCORE_MESSAGE``.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import gin
 import torch
 from torch import Tensor, nn
 
-from hybrids.models.base import NoiseConditionalModel
+# AR_CSM_SCORE_MESSAGE and diagonal_conditional_scores are re-exported (their old home).
+from hybrids.models.base import (  # noqa: F401
+    AR_CSM_SCORE_MESSAGE,
+    ARConditionalScoreModel,
+    diagonal_conditional_scores,
+)
 
 SMOOTH_ACTIVATIONS: dict[str, type[nn.Module]] = {
     "softplus": nn.Softplus,
@@ -97,50 +107,8 @@ class ConditionalScoreHead(nn.Module):
         return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
 
 
-def diagonal_conditional_scores(
-    head_fn: Callable[[Tensor], Tensor], x: Tensor, *, create_graph: bool | None = None
-) -> tuple[Tensor, Tensor]:
-    """s = head_fn(x) and its diagonal Jacobian ds_d/dx_d from ONE backward pass.
-
-    ``head_fn`` must act position-wise on its argument (the causal context having been computed
-    from ``x`` itself beforehand, so it carries no dependence on x_d for output d). The head input
-    is x_in = x_leaf + (x - x.detach()): it has the value of x, keeps s differentiable in x (the
-    naive reference, autograd of s_d w.r.t. x through the context AND the head, still works), and
-    d sum_d s_d / d x_leaf = (ds_d / dx_d)_d because position d of the head sees x_leaf only at d.
-
-    Args:
-        head_fn: maps the head input ``[B, ...]`` to scores of the same shape.
-        x: ``[B, ...]`` positions fed to the head.
-        create_graph: keep the graph of ds/dx (training needs it); None means "when grad mode
-            is on".
-
-    Returns:
-        ``(s, ds_dx)``, both shaped like x.
-    """
-    if create_graph is None:
-        create_graph = torch.is_grad_enabled()
-    with torch.enable_grad():
-        x_leaf = x.detach().requires_grad_(True)
-        x_in = x_leaf + (x - x.detach()) if x.requires_grad else x_leaf
-        s = head_fn(x_in)
-        (ds_dx,) = torch.autograd.grad(s.sum(), x_leaf, create_graph=create_graph)
-    if not create_graph:
-        ds_dx = ds_dx.detach()
-        if not torch.is_grad_enabled():
-            s = s.detach()
-    return s, ds_dx
-
-
-AR_CSM_SCORE_MESSAGE = (
-    "{name} is an autoregressive conditional score model (AR-CSM): it gives the univariate "
-    "scores s_d = d/dx_d log q(x_d | x_<d) only. The joint score grad_x log p(x) also needs the "
-    "derivatives of log q(x_j | x_<j) with respect to x_d for j > d, which involve the unknown "
-    "normalisers of the conditionals (METHODS.md section 7). Use conditional_scores(x, t) instead."
-)
-
-
 @gin.configurable(module="hybrids.models")
-class PixelCNNConditionalScore(NoiseConditionalModel):
+class PixelCNNConditionalScore(ARConditionalScoreModel):
     """AR-CSM on the PixelCNN++ backbone: s_d = h(x_d, c_d) with a 1x1 (per-pixel) head.
 
     Variable order: pixels in raster order, channels R -> G -> B within a pixel (sequence index
@@ -150,7 +118,9 @@ class PixelCNNConditionalScore(NoiseConditionalModel):
     part is the RGB coupling: the head of G also sees x_R, the head of B sees x_R and x_G (for
     C = 1 only the backbone output is used). Every part of c_d depends on variables before d, so
     the one-backward diagonal applies. The head is the per-position MLP of
-    :class:`ConditionalScoreHead` (equivalent to 1x1 convolutions).
+    :class:`ConditionalScoreHead` (equivalent to 1x1 convolutions). ``conditional_scores`` comes
+    from :class:`hybrids.models.base.ARConditionalScoreModel`; it returns sequences ``[B, D]``
+    for sequence inputs and images for image inputs.
 
     Args:
         image_shape: (C, H, W).
@@ -190,7 +160,11 @@ class PixelCNNConditionalScore(NoiseConditionalModel):
         self.score_head = ConditionalScoreHead(self.context_features, head_hidden, activation)
 
     def to_sequence(self, x: Tensor) -> Tensor:
-        """Images ``[B, C, H, W]`` (or sequences ``[B, D]``) -> sequences ``[B, D]`` in AR order."""
+        """Images ``[B, C, H, W]`` (or sequences ``[B, D]``) -> sequences ``[B, D]`` in AR order.
+
+        Raises:
+            ValueError: for any other shape.
+        """
         if tuple(x.shape[1:]) == (self.dim,):
             return x
         if tuple(x.shape[1:]) != self.image_shape:
@@ -200,8 +174,24 @@ class PixelCNNConditionalScore(NoiseConditionalModel):
             )
         return x.permute(0, 2, 3, 1).reshape(x.shape[0], self.dim)
 
-    def from_sequence(self, x_seq: Tensor) -> Tensor:
-        """Sequences ``[B, D]`` in AR order -> images ``[B, C, H, W]``."""
+    def from_sequence(self, x_seq: Tensor, shape: Sequence[int] | None = None) -> Tensor:
+        """Sequences ``[B, D]`` in AR order -> images ``[B, C, H, W]``.
+
+        Args:
+            x_seq: ``[B, D]``.
+            shape: ``None`` or ``[B, C, H, W]``: images; ``[B, D]``: ``x_seq`` itself (sequences
+                stay in AR order, as ``to_sequence`` takes them).
+
+        Raises:
+            ValueError: for a ``shape`` that is neither.
+        """
+        if shape is not None and tuple(shape[1:]) == (self.dim,):
+            return x_seq
+        if shape is not None and tuple(shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"shape must be [B, {self.dim}] or [B, {', '.join(map(str, self.image_shape))}]"
+                f", got {tuple(shape)}"
+            )
         c, h, w = self.image_shape
         return x_seq.reshape(x_seq.shape[0], h, w, c).permute(0, 3, 1, 2)
 
@@ -225,19 +215,3 @@ class PixelCNNConditionalScore(NoiseConditionalModel):
     def head(self, x_d: Tensor, c: Tensor, t: Tensor | None = None) -> Tensor:
         """s_d = h(x_d, c_d) for x_d ``[B, K]``, c ``[B, K, F]`` -> ``[B, K]`` (t unused)."""
         return self.score_head(x_d, c)
-
-    def conditional_scores(
-        self, x: Tensor, t: Tensor | None = None, *, create_graph: bool | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """(s, ds_dx), each shaped like x (``[B, D]`` in AR order or ``[B, C, H, W]``)."""
-        x_seq = self.to_sequence(x)
-        c = self.context(x_seq, t)
-        s, ds = diagonal_conditional_scores(lambda v: self.head(v, c), x_seq,
-                                            create_graph=create_graph)
-        if x.ndim == 2:
-            return s, ds
-        return self.from_sequence(s), self.from_sequence(ds)
-
-    def score(self, x: Tensor, t: Tensor | None = None, **kwargs) -> Tensor:
-        """Not available for AR-CSM; see :meth:`conditional_scores`."""
-        raise NotImplementedError(AR_CSM_SCORE_MESSAGE.format(name=type(self).__name__))

@@ -1,36 +1,43 @@
-"""MADE (masked autoencoder for distribution estimation, Germain et al. 2015) for AR-CSM and MLE.
+"""MADE (masked autoencoder for distribution estimation) for AR-CSM and MLE.
 
-Natural variable order x_1, ..., x_D. Images ``[B, C, H, W]`` are flattened with
+Germain, Gregor, Murray and Larochelle, "MADE: Masked Autoencoder for Distribution Estimation",
+ICML 2015. Natural variable order x_1, ..., x_D. Images ``[B, C, H, W]`` are flattened with
 ``x.reshape(B, -1)`` (raster order for C = 1) and results are returned in the input's shape.
 
 * :class:`MADE`: masked MLP giving causal features c_d ``[B, D, F]``; c_d depends on x_<d only.
-* :class:`MADEConditionalScore`: AR-CSM (papers/001, METHODS.md section 7), s_d = h(x_d, c_d).
-* :class:`MADEDensity`: the maximum-likelihood baselines (Gaussian or logistic-mixture
-  conditionals) with continuous ``log_prob`` and ``discrete_log_prob``.
+* :class:`MADEConditionalScore`: an autoregressive conditional score model (Meng, Yu, Song, Song
+  and Ermon, "Autoregressive Score Matching", NeurIPS 2020), s_d = h(x_d, c_d); it implements
+  :class:`hybrids.models.base.ARConditionalScoreModel`.
+* :class:`MADEDensity`: the maximum-likelihood baselines with continuous ``log_prob`` and
+  ``discrete_log_prob``; the form of the conditionals p(x_d | x_<d) is a head object chosen once
+  from the ``conditional`` argument: :class:`GaussianConditional` or
+  :class:`LogisticMixtureConditional` (``CONDITIONALS``).
+
+Discretization (shared by both heads): level k in {0..K-1} is the bin [c_k - delta, c_k + delta]
+around c_k = 2k/(K-1) - 1 (``hybrids.data.level_values``), delta = 1/(K-1), the end bins being
+open (-inf, c_0 + delta] and [c_{K-1} - delta, inf); the bins partition the real line, so the K
+masses of a position sum to 1.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gin
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybrids.data import level_values
 from hybrids.distributions import (
     discretized_logistic_mixture_log_prob,
     logistic_mixture_log_prob,
     sample_logistic_mixture,
 )
-from hybrids.models.base import NoiseConditionalModel, check_time
-from hybrids.models.heads import (
-    AR_CSM_SCORE_MESSAGE,
-    ConditionalScoreHead,
-    diagonal_conditional_scores,
-    smooth_activation,
-)
+from hybrids.models.base import ARConditionalScoreModel, NoiseConditionalModel, check_time
+from hybrids.models.heads import ConditionalScoreHead, smooth_activation
 from hybrids.sdes import SDE
+from hybrids.tensors import model_device, model_dtype, randn
 
 
 class MaskedLinear(nn.Linear):
@@ -129,12 +136,14 @@ def _flatten(x: Tensor, dim: int) -> Tensor:
 
 
 @gin.configurable(module="hybrids.models")
-class MADEConditionalScore(NoiseConditionalModel):
+class MADEConditionalScore(ARConditionalScoreModel):
     """AR-CSM on MADE: s_d(x) = h(x_d, c_d) with c = MADE(x), the head h shared over positions.
 
-    ``conditional_scores`` returns s_d and ds_d/dx_d for all d from one forward and one backward
-    pass (see ``hybrids.models.heads.diagonal_conditional_scores``). The joint score is not
-    available (``score`` raises).
+    ``conditional_scores`` (from :class:`hybrids.models.base.ARConditionalScoreModel`) returns
+    s_d and ds_d/dx_d for all d from one forward and one backward pass, shaped like its input.
+    The variable order is the natural one: ``to_sequence`` flattens ``[B, D]`` or images
+    ``[B, C, H, W]`` with C H W = D by ``reshape``. The joint score is not available (``score``
+    raises).
 
     Args:
         dim: D (784 for MNIST images, 2 for toys).
@@ -173,9 +182,17 @@ class MADEConditionalScore(NoiseConditionalModel):
             raise ValueError("this MADEConditionalScore is noise conditional: pass t [B]")
         return check_time(x, t)
 
+    def to_sequence(self, x: Tensor) -> Tensor:
+        """``[B, D]`` or an image ``[B, C, H, W]`` with C H W = D -> ``[B, D]`` (raster order).
+
+        Raises:
+            ValueError: if x does not hold D values per example.
+        """
+        return _flatten(x, self.dim)
+
     def context(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         """Causal contexts c ``[B, D, F]`` of x ``[B, D]`` (or an image); c_d depends on x_<d."""
-        x = _flatten(x, self.dim)
+        x = self.to_sequence(x)
         return self.made(x, self._time(x, t))
 
     def head(self, x_d: Tensor, c: Tensor, t: Tensor | None = None) -> Tensor:
@@ -185,37 +202,13 @@ class MADEConditionalScore(NoiseConditionalModel):
             s = s / self.sde.marginal_coefs(self._time(x_d, t)).std[:, None]
         return s
 
-    def conditional_scores(
-        self, x: Tensor, t: Tensor | None = None, *, create_graph: bool | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Univariate conditional scores and their diagonal derivatives.
-
-        Args:
-            x: ``[B, D]`` or ``[B, C, H, W]`` (flattened in raster order).
-            t: ``[B]`` times for a noise-conditional model, else None.
-            create_graph: keep the graph of ds/dx (None: when grad mode is on).
-
-        Returns:
-            ``(s, ds_dx)`` shaped like x: s_d = h(x_d, c_d), ds_dx_d = dh/dx_d.
-        """
-        x_flat = _flatten(x, self.dim)
-        c = self.context(x_flat, t)
-        s, ds = diagonal_conditional_scores(
-            lambda v: self.head(v, c, t), x_flat, create_graph=create_graph
-        )
-        return s.reshape(x.shape), ds.reshape(x.shape)
-
-    def score(self, x: Tensor, t: Tensor | None = None, **kwargs) -> Tensor:
-        """Not available for AR-CSM; see :meth:`conditional_scores`."""
-        raise NotImplementedError(AR_CSM_SCORE_MESSAGE.format(name=type(self).__name__))
-
 
 def _log_gaussian_bin_mass(mu: Tensor, log_sigma: Tensor, k: Tensor, num_levels: int) -> Tensor:
     """log of the N(mu, sigma^2) mass of bin k: [c_k - delta, c_k + delta], end bins open.
 
-    c_k = 2k/(K-1) - 1, delta = 1/(K-1) (METHODS.md section 2). The difference of normal CDFs is
-    taken on the side of the mean where both tails are small (reflection about mu) in log space,
-    which keeps far-tail masses accurate without a density fallback.
+    c_k = 2k/(K-1) - 1, delta = 1/(K-1) (see the module docstring). The difference of normal
+    CDFs is taken on the side of the mean where both tails are small (reflection about mu) in log
+    space, which keeps far-tail masses accurate without a density fallback.
 
     Args:
         mu, log_sigma: ``[B, D]``.
@@ -225,7 +218,7 @@ def _log_gaussian_bin_mass(mu: Tensor, log_sigma: Tensor, k: Tensor, num_levels:
     Returns:
         ``[B, D]`` log-masses (the K masses of each position sum to 1).
     """
-    centre = 2.0 * k.to(mu.dtype) / (num_levels - 1) - 1.0
+    centre = level_values(k, num_levels, dtype=mu.dtype)
     delta = 1.0 / (num_levels - 1)
     inv_sigma = torch.exp(-log_sigma)
     inf = torch.full_like(mu, math.inf)
@@ -243,22 +236,146 @@ def _as_image_params(p: Tensor) -> Tensor:
     return p.permute(0, 2, 1).unsqueeze(-1)
 
 
+class MADEConditional:
+    """A family of univariate conditionals p(x_d | x_<d) = p(x_d; theta_d) for :class:`MADEDensity`.
+
+    The MADE outputs ``num_features`` parameters theta_d per position, a function of x_<d only;
+    the head turns them into log-densities, bin log-masses and draws. Subclasses set ``name`` (the
+    value of ``MADEDensity``'s ``conditional`` argument) and ``num_features``.
+    """
+
+    name: str = ""
+    num_features: int = 0
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        """Continuous log-density of x.
+
+        Args:
+            params: ``[B, D, P]`` parameters (P = ``num_features``).
+            x: ``[B, D]`` values.
+
+        Returns:
+            ``[B]`` log p(x) = sum_d log p(x_d; theta_d), in nats.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement log_prob.")
+
+    def discrete_log_prob(self, params: Tensor, k: Tensor, num_levels: int) -> Tensor:
+        """Log-probability of integer levels: the masses of bins [c_k - delta, c_k + delta].
+
+        Args:
+            params: ``[B, D, P]`` parameters, computed from the level values c_k of k.
+            k: ``[B, D]`` int64 levels in {0..K-1}.
+            num_levels: K.
+
+        Returns:
+            ``[B]`` log P(k) in nats.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement discrete_log_prob.")
+
+    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One draw x_d ~ p(x_d; theta_d) per example.
+
+        Args:
+            params: ``[B, P]`` parameters of one position.
+            generator: random source (draws are made on its device, then moved to params').
+
+        Returns:
+            ``[B]`` continuous values in params' dtype.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement sample.")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class GaussianConditional(MADEConditional):
+    """x_d | x_<d ~ N(mu_d, sigma_d^2), theta_d = (mu_d, log sigma_d): ``num_features = 2``."""
+
+    name = "gaussian"
+    num_features = 2
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        """sum_d log N(x_d; mu_d, sigma_d^2), ``[B]`` (see :meth:`MADEConditional.log_prob`)."""
+        mu, log_sigma = params.unbind(-1)
+        z = (x - mu) * torch.exp(-log_sigma)
+        lp = -0.5 * z**2 - log_sigma - 0.5 * math.log(2 * math.pi)
+        return lp.sum(-1)
+
+    def discrete_log_prob(self, params: Tensor, k: Tensor, num_levels: int) -> Tensor:
+        """sum_d log of the normal mass of bin k_d, ``[B]``, accurate in the far tails."""
+        mu, log_sigma = params.unbind(-1)
+        return _log_gaussian_bin_mass(mu, log_sigma, k, num_levels).sum(-1)
+
+    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x_d = mu_d + sigma_d z, z ~ N(0, 1): one normal draw per example, ``[B]``."""
+        z = randn(params.shape[:1], generator, dtype=params.dtype, device=params.device)
+        return params[:, 0] + torch.exp(params[:, 1]) * z
+
+
+class LogisticMixtureConditional(MADEConditional):
+    """x_d | x_<d ~ a mixture of ``nr_mix`` logistics (the PixelCNN++ parametrisation of
+    ``hybrids.distributions``: logits, means, log scales): ``num_features = 3 nr_mix``.
+
+    Args:
+        nr_mix: number of mixture components n.
+    """
+
+    name = "logistic_mixture"
+
+    def __init__(self, nr_mix: int = 10):
+        if int(nr_mix) < 1:
+            raise ValueError(f"nr_mix must be >= 1, got {nr_mix}")
+        self.nr_mix = int(nr_mix)
+        self.num_features = 3 * self.nr_mix
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        """Log-density of the mixture, ``[B]`` (see :meth:`MADEConditional.log_prob`)."""
+        return logistic_mixture_log_prob(_as_image_params(params), x[:, None, :, None])
+
+    def discrete_log_prob(self, params: Tensor, k: Tensor, num_levels: int) -> Tensor:
+        """Discretized logistic-mixture log-mass, ``[B]``."""
+        return discretized_logistic_mixture_log_prob(
+            _as_image_params(params), k[:, None, :, None], num_levels
+        )
+
+    def sample(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One mixture draw per example, ``[B]`` (``sample_logistic_mixture`` of
+        ``hybrids.distributions``)."""
+        x_d = sample_logistic_mixture(params[:, :, None, None], generator, num_channels=1)
+        return x_d.reshape(params.shape[0])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(nr_mix={self.nr_mix})"
+
+
+CONDITIONALS: dict[str, Callable[[int], MADEConditional]] = {
+    "gaussian": lambda nr_mix: GaussianConditional(),
+    "logistic_mixture": LogisticMixtureConditional,
+}
+"""The values of ``MADEDensity``'s ``conditional`` argument and the heads they build from
+``nr_mix``."""
+
+
 @gin.configurable(module="hybrids.models")
 class MADEDensity(NoiseConditionalModel):
     """Maximum-likelihood MADE baseline: normalised conditionals p(x_d | x_<d).
 
-    'gaussian': x_d | x_<d ~ N(mu_d, sigma_d^2); 'logistic_mixture': a mixture of ``nr_mix``
-    logistics. Both define a continuous density (``log_prob``, t ignored) and a discrete one
+    'gaussian': x_d | x_<d ~ N(mu_d, sigma_d^2) (:class:`GaussianConditional`);
+    'logistic_mixture': a mixture of ``nr_mix`` logistics (:class:`LogisticMixtureConditional`).
+    Both define a continuous density (``log_prob``, t ignored) and a discrete one
     (``discrete_log_prob``): the mass of each bin [c_k - delta, c_k + delta] with open end bins,
-    c_k = 2k/(K-1) - 1 (METHODS.md section 2).
+    c_k = 2k/(K-1) - 1 (see the module docstring).
 
     Args:
         dim: D.
-        conditional: 'gaussian' or 'logistic_mixture'.
+        conditional: 'gaussian' or 'logistic_mixture' (the keys of ``CONDITIONALS``).
         nr_mix: mixture components (logistic mixture only).
         hidden: MADE hidden widths.
         activation: MADE activation.
         num_levels: K for ``discrete_log_prob``.
+
+    Attributes:
+        distribution: the head object (a :class:`MADEConditional`) chosen from ``conditional``.
     """
 
     def __init__(
@@ -271,13 +388,13 @@ class MADEDensity(NoiseConditionalModel):
         num_levels: int = 256,
     ):
         super().__init__()
-        if conditional not in ("gaussian", "logistic_mixture"):
+        if conditional not in CONDITIONALS:
             raise ValueError(
                 f"conditional must be 'gaussian' or 'logistic_mixture', got {conditional!r}"
             )
         self.dim, self.conditional, self.nr_mix, self.num_levels = dim, conditional, nr_mix, num_levels
-        features = 2 if conditional == "gaussian" else 3 * nr_mix
-        self.made = MADE(dim, features, hidden, activation)
+        self.distribution: MADEConditional = CONDITIONALS[conditional](nr_mix)
+        self.made = MADE(dim, self.distribution.num_features, hidden, activation)
 
     def params(self, x: Tensor) -> Tensor:
         """Per-position parameters ``[B, D, P]`` of p(x_d | x_<d) for x ``[B, D]``."""
@@ -286,33 +403,24 @@ class MADEDensity(NoiseConditionalModel):
     def log_prob(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         """Continuous log-density ``[B]`` (nats) of x ``[B, D]`` or an image; t is ignored."""
         x = _flatten(x, self.dim)
-        p = self.params(x)
-        if self.conditional == "gaussian":
-            mu, log_sigma = p.unbind(-1)
-            z = (x - mu) * torch.exp(-log_sigma)
-            lp = -0.5 * z**2 - log_sigma - 0.5 * math.log(2 * math.pi)
-            return lp.sum(-1)
-        return logistic_mixture_log_prob(_as_image_params(p), x[:, None, :, None])
+        return self.distribution.log_prob(self.params(x), x)
 
     def discrete_log_prob(self, k: Tensor) -> Tensor:
         """log P(k) ``[B]`` (nats) of integer levels ``[B, D]`` or ``[B, C, H, W]``.
 
         The conditioning values are the bin centres c_k = 2k/(K-1) - 1 of the preceding levels.
+
+        Raises:
+            TypeError: for floating-point k.
+            ValueError: for levels outside {0..K-1} or a wrong number of values.
         """
         if k.dtype.is_floating_point:
             raise TypeError(f"discrete_log_prob expects integer levels, got dtype {k.dtype}")
         if k.min() < 0 or k.max() >= self.num_levels:
             raise ValueError(f"levels must lie in [0, {self.num_levels - 1}]")
         k = _flatten(k, self.dim)
-        dtype = next(self.parameters()).dtype
-        x = 2.0 * k.to(dtype) / (self.num_levels - 1) - 1.0
-        p = self.params(x)
-        if self.conditional == "gaussian":
-            mu, log_sigma = p.unbind(-1)
-            return _log_gaussian_bin_mass(mu, log_sigma, k, self.num_levels).sum(-1)
-        return discretized_logistic_mixture_log_prob(
-            _as_image_params(p), k[:, None, :, None], self.num_levels
-        )
+        x = level_values(k, self.num_levels, dtype=model_dtype(self))
+        return self.distribution.discrete_log_prob(self.params(x), k, self.num_levels)
 
     @torch.no_grad()
     def sample(
@@ -333,20 +441,12 @@ class MADEDensity(NoiseConditionalModel):
         Returns:
             ``[N, D]`` int64 levels in {0..K-1} or floats.
         """
-        param = next(self.parameters())
-        x = torch.zeros(num_samples, self.dim, dtype=param.dtype, device=param.device)
-        dev = generator.device if generator is not None else param.device
+        x = torch.zeros(num_samples, self.dim, dtype=model_dtype(self), device=model_device(self))
         for d in range(self.dim):
-            p = self.params(x)[:, d]
-            if self.conditional == "gaussian":
-                z = torch.randn(num_samples, generator=generator, dtype=x.dtype, device=dev)
-                x_d = p[:, 0] + torch.exp(p[:, 1]) * z.to(x.device)
-            else:
-                x_d = sample_logistic_mixture(p[:, :, None, None], generator, num_channels=1)
-                x_d = x_d.reshape(num_samples)
+            x_d = self.distribution.sample(self.params(x)[:, d], generator)
             if discrete:
                 k_d = torch.round((x_d + 1) * (self.num_levels - 1) / 2).clamp(0, self.num_levels - 1)
-                x_d = 2 * k_d / (self.num_levels - 1) - 1
+                x_d = level_values(k_d, self.num_levels, dtype=x.dtype)
             x[:, d] = x_d
         if discrete:
             return torch.round((x + 1) * (self.num_levels - 1) / 2).long()

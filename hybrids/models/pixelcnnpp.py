@@ -1,9 +1,17 @@
-"""PixelCNN++ (Salimans et al. 2017) and NCPN, its noise-conditional version (NCML, papers/000).
+"""PixelCNN++ and NCPN, its noise-conditional version.
+
+PixelCNN++: Salimans, Karpathy, Chen and Kingma, "PixelCNN++: Improving the PixelCNN with
+Discretized Logistic Mixture Likelihood and Other Modifications", ICLR 2017. NCPN: the
+noise-conditional PixelCNN++ of "Noise-conditional Maximum Likelihood Estimation with Score-based
+Sampling" (NCML), NeurIPS 2022 Workshop on Score-Based Methods.
 
 Both are autoregressive density models in raster order (row, then column); the channels of a
 pixel are ordered R -> G -> B by the channel coupling of the logistic-mixture head
 (``hybrids.distributions``), so the mixture parameters of pixel i depend on pixels before i only,
-never on any channel of pixel i itself.
+never on any channel of pixel i itself. Both implement
+:class:`hybrids.models.base.AncestralMixtureModel`: ``hybrids.samplers.ancestral_sample`` draws
+from them, with the row cache of ``hybrids.models.pixelcnnpp_incremental`` in eval mode
+(``incremental_cache``).
 
 Architecture (PixelCNN++): the input in model space [-1, 1] is padded with a channel of ones and
 fed to two streams, "u" (down-shifted: rows above) and "ul" (down-right-shifted: rows above and
@@ -15,11 +23,11 @@ is optional (``weight_norm=True``), data-dependent initialisation is not impleme
 work: upsampled maps are cropped to the size of the matching up-pass map (1x4x4, 1x7x7, 8x8,
 28x28 and 32x32 all run).
 
-NCPN (METHODS.md section 6) adds (1) a noise-level embedding h(t) -- sinusoidal features of
-999 t (VP, subVP) or Gaussian Fourier features of log sigma(t) (VE; sigma(0) = sigma_min > 0, so
-it is defined at t = 0) followed by Dense-SiLU-Dense -- added through a linear map inside every
-gated resnet of both streams before the gate, and (2) PixelSNAIL-style strict causal attention
-blocks on the ul stream at full resolution (``hybrids.models.layers.CausalAttention``).
+NCPN adds (1) a noise-level embedding h(t) -- sinusoidal features of 999 t (VP, subVP) or
+Gaussian Fourier features of log sigma(t) (VE; sigma(0) = sigma_min > 0, so it is defined at
+t = 0) followed by Dense-SiLU-Dense -- added through a linear map inside every gated resnet of both
+streams before the gate, and (2) PixelSNAIL-style strict causal attention blocks on the ul stream
+at full resolution (``hybrids.models.layers.CausalAttention``).
 """
 from __future__ import annotations
 
@@ -36,7 +44,8 @@ from hybrids.distributions import (
     logistic_mixture_log_prob,
     num_mixture_params,
 )
-from hybrids.models.base import NoiseConditionalModel, check_time
+from hybrids.data import level_values
+from hybrids.models.base import AncestralMixtureModel, IncrementalCache, check_time
 from hybrids.models.layers import (
     CausalAttention,
     DownRightShiftedConv2d,
@@ -49,6 +58,7 @@ from hybrids.models.layers import (
     right_shift,
 )
 from hybrids.sdes import SDE, VESDE
+from hybrids.tensors import model_dtype
 
 ATTENTION_POSITIONS = ("up", "down")
 """Where attention blocks may sit: 'up' = end of the first (full-resolution) up-pass block,
@@ -138,8 +148,13 @@ class _PixelCNNppNet(nn.Module):
         return self.head(F.elu(ul))
 
 
-class _MixturePixelCNN(NoiseConditionalModel):
-    """Shared density interface of PixelCNN++ and NCPN (everything but the conditioning)."""
+class _MixturePixelCNN(AncestralMixtureModel):
+    """Shared density interface of PixelCNN++ and NCPN (everything but the conditioning).
+
+    ``forward(x, t)`` (in the subclasses) gives the mixture params ``[B, P, H, W]``; this class
+    turns them into ``discrete_log_prob`` and ``log_prob`` and offers the row cache for
+    ancestral sampling (``incremental_cache``).
+    """
 
     def __init__(self, image_shape, num_levels: int, nr_logistic_mix: int):
         super().__init__()
@@ -159,7 +174,20 @@ class _MixturePixelCNN(NoiseConditionalModel):
             )
 
     def _param_dtype(self) -> torch.dtype:
-        return next(self.parameters()).dtype
+        return model_dtype(self)
+
+    def incremental_cache(self) -> IncrementalCache | None:
+        """A fresh row-cached evaluator (``IncrementalPixelCNN(self)``) in eval mode, else None.
+
+        In train mode dropout is active and the cache does not apply; the sampler then runs full
+        forward passes.
+        """
+        if self.training:
+            return None
+        # Imported here: pixelcnnpp_incremental imports this module.
+        from hybrids.models.pixelcnnpp_incremental import IncrementalPixelCNN
+
+        return IncrementalPixelCNN(self)
 
     def discrete_log_prob(self, k: Tensor) -> Tensor:
         """log P(k) of integer images at t = 0 (discretized logistic mixture), in nats.
@@ -186,7 +214,7 @@ class _MixturePixelCNN(NoiseConditionalModel):
                 f"got min {int(k.min())}, max {int(k.max())}."
             )
         dtype = self._param_dtype()
-        x = 2.0 * k.to(dtype) / (self.num_levels - 1) - 1.0
+        x = level_values(k, self.num_levels, dtype=dtype)
         params = self(x, torch.zeros(k.shape[0], dtype=dtype, device=k.device))
         return discretized_logistic_mixture_log_prob(params, k, self.num_levels)
 

@@ -1,9 +1,10 @@
 """Incremental (row-cached) evaluation of PixelCNN++ / NCPN for ancestral sampling.
 
-Activation caching in the spirit of Fast PixelCNN++ (Ramachandran et al. 2017), at row
-granularity: every intermediate map of ``_PixelCNNppNet.forward`` is kept at full size, and after
-an input pixel in row R changes only the rows that can depend on it are recomputed, and only when
-a later request needs them. The net is evaluated op by op on bands of rows [lo, hi] with the
+Activation caching in the spirit of Fast PixelCNN++ (Ramachandran et al., "Fast Generation for
+Convolutional Autoregressive Models", ICLR 2017 workshop), at row granularity: every
+intermediate map of ``_PixelCNNppNet.forward`` is kept at full size, and after an input pixel in
+row R changes only the rows that can depend on it are recomputed, and only when a later request
+needs them. The net is evaluated op by op on bands of rows [lo, hi] with the
 model's own weights (weight-normalised ones as the parametrisation computes them), its
 conditioning ``Linear`` (NCPN) and its crops; the model must be in eval mode, where dropout is
 the identity.
@@ -193,6 +194,9 @@ class _Deconv:
 
 class IncrementalPixelCNN:
     """Row-cached evaluator of a ``PixelCNNpp`` or ``NCPN`` (see the module docstring).
+
+    It implements :class:`hybrids.models.base.IncrementalCache`; the models hand one out through
+    ``model.incremental_cache()`` (in eval mode), which is how ``ancestral_sample`` gets it.
 
     Usage: ``reset(x, t)``; change pixels with ``set_pixel`` (or edit ``x`` in place and call
     ``invalidate_from_row``); ``params(r)`` returns mixture params whose rows <= r equal those of

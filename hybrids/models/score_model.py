@@ -1,6 +1,8 @@
-"""Score-only model: a raw network wrapped into a NoiseConditionalModel (papers/002).
+"""Score-only model: a raw network wrapped into a NoiseConditionalModel.
 
-The wrapper holds the parametrisation (STYLE.md B.4); the network stays raw,
+As in Song, Sohl-Dickstein, Kingma, Kumar, Ermon and Poole, "Score-Based Generative Modeling
+through Stochastic Differential Equations", ICLR 2021 (score_sde). The wrapper holds the
+parametrisation; the network stays raw,
 ``net(x [B, ...], t [B]) -> like x``:
 
 * ``'noise'``: the network predicts the scaled noise, s(x, t) = -net(x, t) / sigma_t
@@ -14,6 +16,7 @@ from torch import Tensor, nn
 
 from hybrids.models.base import NoiseConditionalModel, check_time
 from hybrids.sdes import SDE
+from hybrids.tensors import expand_as_batch
 
 PARAMETRIZATIONS = ("noise", "score")
 
@@ -52,7 +55,7 @@ class ScoreModel(NoiseConditionalModel):
         if self.parametrization == "score":
             return out
         std = self.sde.marginal_coefs(t).std
-        return -out / std.reshape((-1,) + (1,) * (x.ndim - 1))
+        return -out / expand_as_batch(std, x)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Alias of :meth:`score`."""

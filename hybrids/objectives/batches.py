@@ -2,17 +2,19 @@
 
 Batches are a data tensor or a tuple/list whose first item is the data tensor (labels after it).
 Integer data are levels k in {0..K-1}; continuous objectives dequantize them uniformly,
-x = 2 (k + u) / K - 1 with u ~ U[0, 1) (METHODS.md section 1). Float data (2-D toys) are used as
-they are, with ``num_levels=None``.
+x = 2 (k + u) / K - 1 with u ~ U[0, 1) (``hybrids.data.transforms.to_model_space``). Float data
+(2-D toys) are used as they are, with ``num_levels=None``. Objectives that perturb the data go on
+through ``hybrids.objectives.perturb``.
 """
 from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor
 
-from hybrids.data import check_levels, dequantize
+from hybrids.data import check_levels, to_model_space
+
+__all__ = ["batch_data", "check_data", "to_model_space"]
 
 
 def batch_data(batch: Any) -> Tensor:
@@ -26,31 +28,13 @@ def batch_data(batch: Any) -> Tensor:
 
 
 def check_data(data: Tensor, num_levels: int | None) -> None:
-    """Integer levels in {0..K-1} when ``num_levels`` is set, floating data when it is None."""
-    if num_levels is None:
-        if not data.is_floating_point():
-            raise TypeError(
-                f"num_levels=None means continuous data, but the batch has dtype {data.dtype}; "
-                "set the objective's num_levels to the dataset's number of levels for integer data."
-            )
-    else:
-        if data.is_floating_point():
-            raise TypeError(
-                f"num_levels={num_levels} expects integer levels, but the batch has dtype {data.dtype}; "
-                "set num_levels=None for continuous data."
-            )
-        check_levels(data, num_levels)
-
-
-def to_model_space(data: Tensor, num_levels: int | None, generator: torch.Generator | None = None,
-                   dtype: torch.dtype = torch.float32) -> Tensor:
-    """Integer levels -> uniformly dequantized x in [-1, 1]; float data returned as they are.
+    """Integer levels in {0..K-1} when ``num_levels`` is set, floating data when it is None.
 
     Raises:
-        TypeError: if integer data come with ``num_levels=None`` or float data with a K.
+        TypeError: integer data with ``num_levels=None`` or float data with a K.
         ValueError: integer levels outside {0..K-1}.
     """
-    check_data(data, num_levels)
-    if data.is_floating_point():
-        return data
-    return dequantize(data, num_levels, generator, dtype=dtype)
+    if num_levels is not None and not data.is_floating_point():
+        check_levels(data, num_levels)
+    else:
+        to_model_space(data, num_levels)  # raises the dtype errors; returns float data unchanged

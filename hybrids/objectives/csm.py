@@ -1,6 +1,7 @@
-"""Composite score matching (CSM) for autoregressive conditional score models (papers/001).
+"""Composite score matching (CSM) for autoregressive conditional score models.
 
-METHODS.md section 7. For univariate conditional scores s_d(x) = d/dx_d log q(x_d | x_<d),
+Meng, Yu, Song, Song and Ermon, "Autoregressive Score Matching", NeurIPS 2020. For univariate
+conditional scores s_d(x) = d/dx_d log q(x_d | x_<d),
 
     L_CSM(q) = E_x sum_d [ s_d(x)^2 / 2 + d s_d(x) / d x_d ],
 
@@ -10,7 +11,8 @@ x_d. The integration by parts needs p(x_d | x_<d) to vanish at the ends of its s
 dequantized pixels on [-1, 1] do not; integer data are therefore dequantized and perturbed with
 Gaussian noise of std ``sigma`` (the paper trains on noise-perturbed data). The model must offer
 ``conditional_scores(x, t) -> (s, ds_dx)`` (one-backward diagonal, e.g.
-:class:`hybrids.models.made.MADEConditionalScore`).
+:class:`hybrids.models.made.MADEConditionalScore`). Data and noise go through the shared path of
+``hybrids.objectives.perturb``.
 """
 from __future__ import annotations
 
@@ -18,13 +20,9 @@ import gin
 import torch
 from torch import Tensor
 
-from hybrids.objectives.batches import batch_data, to_model_space
+from hybrids.objectives.perturb import (Perturbation, model_space_data, original_weighting, perturb,
+                                        perturb_gaussian, sample_times)
 from hybrids.sdes import SDE
-
-
-def _normal_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 
 
 def csm_per_example(s: Tensor, ds_dx: Tensor) -> Tensor:
@@ -96,32 +94,29 @@ class CSM:
         self.sde = sde
         self.eps = float(eps)
 
+    def perturbation(self, x0: Tensor, generator: torch.Generator | None = None) -> Perturbation:
+        """The perturbed batch: x0 + sigma z (t None), or x_t at t ~ U[eps, T] weighted by sigma_t^2."""
+        if not self.noise_conditional:
+            return perturb_gaussian(x0, self.sigma, generator)
+        t, weight = sample_times(self.sde, x0.shape[0], self.eps, generator, like=x0, weighting=original_weighting)
+        return perturb(self.sde, x0, t, generator, weight=weight)
+
     def perturb(
         self, x0: Tensor, generator: torch.Generator | None = None
     ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """Noisy inputs, times and per-example weights.
+        """Noisy inputs, times and per-example weights (see :meth:`perturbation`).
 
         Returns:
             ``(x, t, weight)``: x like x0, t ``[B]`` or None, weight ``[B]``.
         """
-        ones = torch.ones(x0.shape[0], dtype=x0.dtype, device=x0.device)
-        if not self.noise_conditional:
-            if self.sigma is None:
-                return x0, None, ones
-            return x0 + self.sigma * _normal_like(x0, generator), None, ones
-        device = generator.device if generator is not None else x0.device
-        u = torch.rand(x0.shape[0], generator=generator, dtype=x0.dtype, device=device).to(x0.device)
-        t = self.eps + (self.sde.T - self.eps) * u
-        x_t, _ = self.sde.perturb(x0, t, generator=generator)
-        return x_t, t, self.sde.marginal_coefs(t).std ** 2
+        p = self.perturbation(x0, generator)
+        return p.x_t, p.t, p.weight
 
     def __call__(self, model, batch, *, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-        data = batch_data(batch)
-        dtype = next((p.dtype for p in model.parameters()), torch.get_default_dtype())
-        x0 = to_model_space(data, self.num_levels, generator, dtype)
-        x, t, weight = self.perturb(x0, generator)
-        s, ds_dx = model.conditional_scores(x, t)
-        num_dims = x[0].numel()
-        losses = weight * csm_per_example(s, ds_dx) / num_dims
+        x0 = model_space_data(model, batch, self.num_levels, generator)
+        p = self.perturbation(x0, generator)
+        s, ds_dx = model.conditional_scores(p.x_t, p.t)
+        num_dims = p.x_t[0].numel()
+        losses = p.weight * csm_per_example(s, ds_dx) / num_dims
         loss = losses.mean()
         return loss, {"csm_per_dim": float(loss.detach()), "per_example_loss": losses.detach()}

@@ -1,18 +1,18 @@
-"""Maximum likelihood on clean data (PixelCNN++ baseline of NCML, papers/000 Table 1).
+"""Maximum likelihood on clean data (the PixelCNN++ baseline of NCML's Table 1).
 
 Integer data: loss = mean_b -log P_theta(k_b) / (D ln 2), bits per dimension of the discrete
-likelihood (METHODS.md section 1). Continuous data (``num_levels=None``, e.g. 2-D toys):
+likelihood (``hybrids.likelihood.units.nats_to_bpd``). Continuous data (``num_levels=None``, e.g. 2-D toys):
 loss = mean_b -log p_theta(x_b | t = 0) / (D ln 2), bits per dimension of the density (no offset).
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import gin
 import torch
 from torch import Tensor, nn
 
+from hybrids.likelihood.units import nats_to_bpd
 from hybrids.objectives.batches import batch_data, check_data
 
 
@@ -43,5 +43,5 @@ class MLE:
         else:
             log_p = model.discrete_log_prob(data)
         nll = -log_p
-        loss = nll.mean() / (num_dims * math.log(2))
+        loss = nats_to_bpd(nll.mean(), num_dims)
         return loss, {"bpd": float(loss.detach()), "nll_nats": float(nll.detach().mean())}

@@ -1,4 +1,7 @@
-"""Multimeasurement denoising: the GPS training objective (papers/004, Eq. 10-11).
+"""Multimeasurement denoising: the GPS training objective.
+
+Saremi, Srivastava and Bach, "Universal Smoothed Score Functions for Generative Modeling",
+arXiv 2023, Eq. 10-11:
 
     L(theta) = E_x E_eps ||x - xhat_theta(ybar)||^2 / D,   ybar = x + (sigma / sqrt M) eps,
 
@@ -9,7 +12,9 @@ ybar = x + sigma * mean_m eps_m and sigma * mean_m eps_m ~ N(0, sigma^2/M I), so
 ybar = x + (sigma/sqrt M) eps with eps ~ N(0, I) is exact in law (not an approximation) and costs
 D instead of M*D noise draws. ``sample_measurements=True`` draws the M measurements explicitly
 and averages them (for checking that claim). Because the loss depends on (sigma, M) only through
-sigma/sqrt(M), every member of a universality class has the same loss (papers/004, Prop. 2).
+sigma/sqrt(M), every member of a universality class has the same loss (same paper, Prop. 2).
+The data and the noise go through the shared path of ``hybrids.objectives.perturb``: ybar is the
+perturbation x_t = x + sigma_eff z of one fixed noise level, with t = None.
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ import torch
 from torch import Tensor
 
 from hybrids.models.gps import GPSModel
-from hybrids.objectives.batches import batch_data, to_model_space
+from hybrids.objectives.perturb import Perturbation, model_space_data, perturb_gaussian
+from hybrids.tensors import randn
 
 
 @gin.configurable(module="hybrids.objectives")
@@ -69,24 +75,29 @@ class MultimeasurementDenoising:
             )
         return self.sigma, self.M
 
-    def _continuous(self, x: Tensor, model: GPSModel, generator: torch.Generator | None) -> Tensor:
-        """Float data as is; integer levels dequantized to [-1, 1] in the model's parameter dtype."""
-        param = next(model.parameters(), None)
-        dtype = param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
-        return to_model_space(x, self.num_levels, generator, dtype)
+    def perturbation(self, model: GPSModel, x: Tensor, generator: torch.Generator | None = None) -> Perturbation:
+        """ybar = x + sigma_eff z as a :class:`Perturbation` (``x_t`` = ybar, ``std`` = sigma_eff).
+
+        With ``sample_measurements`` the M measurements x + sigma eps_m are drawn and averaged;
+        ``noise`` is then (ybar - x) / sigma_eff, standard normal in law.
+        """
+        sigma, M = self._noise_params(model)
+        sigma_eff = sigma / math.sqrt(M)
+        if not self.sample_measurements:
+            return perturb_gaussian(x, sigma_eff, generator)
+        eps = randn((x.shape[0], M) + tuple(x.shape[1:]), generator, dtype=x.dtype, device=x.device)
+        ybar = (x.unsqueeze(1) + sigma * eps).mean(dim=1)
+        ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+        return Perturbation(x0=x, x_t=ybar, noise=(ybar - x) / sigma_eff, t=None, mean_coef=ones,
+                            std=sigma_eff * ones, weight=ones)
 
     def per_example_loss(self, model: GPSModel, batch, generator: torch.Generator | None = None) -> Tensor:
         """||x - xhat(ybar)||^2 / D for each example, ``[B]``."""
-        sigma, M = self._noise_params(model)
-        x = self._continuous(batch_data(batch), model, generator)
-        if self.sample_measurements:
-            eps = torch.randn((x.shape[0], M) + tuple(x.shape[1:]), generator=generator, dtype=x.dtype, device=x.device)
-            ybar = (x.unsqueeze(1) + sigma * eps).mean(dim=1)
-        else:
-            eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            ybar = x + (sigma / math.sqrt(M)) * eps
-        xhat = model.xhat_from_ybar(ybar)
-        return ((x - xhat) ** 2).flatten(1).mean(1)
+        self._noise_params(model)  # type and universality-class checks before touching the data
+        x = model_space_data(model, batch, self.num_levels, generator)
+        p = self.perturbation(model, x, generator)
+        xhat = model.xhat_from_ybar(p.x_t)
+        return ((p.x0 - xhat) ** 2).flatten(1).mean(1)
 
     def __call__(self, model: GPSModel, batch, generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, float]]:
         """Return (mean loss, metrics): ``loss``, ``loss_std`` over the batch and ``sigma_eff``."""

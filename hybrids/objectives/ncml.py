@@ -1,4 +1,7 @@
-"""Noise-conditional maximum likelihood (NCML, papers/000; METHODS.md section 6).
+"""Noise-conditional maximum likelihood (NCML).
+
+"Noise-conditional Maximum Likelihood Estimation with Score-based Sampling", NeurIPS 2022
+Workshop on Score-Based Methods (anonymous submission).
 
 Maximise E_{t ~ mu} E_{x_t ~ p_t} log p_theta(x_t | t), with
 
@@ -8,8 +11,8 @@ Maximise E_{t ~ mu} E_{x_t ~ p_t} log p_theta(x_t | t), with
   (what Table 1's NLL measures); for continuous data (``num_levels=None``) by
   ``model.log_prob(x, 0)``.
 * t > 0: k is dequantized, x_0 = 2 (k + u) / K - 1 (``hybrids.data.dequantize``), perturbed by the SDE,
-  x_t = m(t) x_0 + sigma(t) z (``sde.perturb``), and scored by the continuous density
-  ``model.log_prob(x_t, t)``.
+  x_t = m(t) x_0 + sigma(t) z (``hybrids.objectives.perturb.perturb``), and scored by the continuous
+  density ``model.log_prob(x_t, t)``.
 
 Loss: mean over the batch of -log p / (D ln 2), i.e. bits per dimension for the t = 0 part (the
 discrete likelihood) and -log p_theta(x_t | t) / (D ln 2) of the continuous density for t > 0 (no
@@ -21,7 +24,7 @@ hybrid sampler; an equal split gives both expectations the same number of exampl
 term's gradient is starved, and it keeps the t = 0 model (ancestral sampling, the pi test) trained
 at half the rate of plain MLE rather than at the rate of one noise level among a continuum.
 
-t_max defaults (papers/000 App. A.1): VE 0.5, VP 0.1, subVP 0.025. The paper says these give a
+t_max defaults (the paper's appendix A.1): VE 0.5, VP 0.1, subVP 0.025. The paper says these give a
 per-pixel noise std of about 10 levels; they do not: the marginal stds are 0.707 (VE), 0.322 (VP)
 and 0.0087 (subVP) in [-1, 1] units, about 90, 41 and 1.1 levels of 8-bit data
 (``pixel_std_of``). ``t_for_pixel_std`` picks t from a target std instead (10 levels: t = 0.242
@@ -29,19 +32,21 @@ VE, 0.0204 VP, 0.0857 subVP).
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import gin
 import torch
 from torch import Tensor, nn
 
-from hybrids.data import dequantize
+from hybrids.data.transforms import to_model_space
+from hybrids.likelihood.units import nats_to_bpd
 from hybrids.objectives.batches import batch_data, check_data
+from hybrids.objectives.perturb import perturb
 from hybrids.sdes import SDE, SubVPSDE, VESDE, VPSDE
+from hybrids.tensors import model_dtype, rand
 
 PAPER_T_MAX: dict[type, float] = {VESDE: 0.5, VPSDE: 0.1, SubVPSDE: 0.025}
-"""T_ncml of papers/000 App. A.1, keyed by SDE class."""
+"""T_ncml of the NCML paper (appendix A.1), keyed by SDE class."""
 
 
 def default_t_max(sde: SDE) -> float:
@@ -130,9 +135,8 @@ class NCML:
     def sample_t(self, batch_size: int, *, dtype: torch.dtype = torch.float32, device=None,
                  generator: torch.Generator | None = None) -> Tensor:
         """Draw t ~ mu per example, ``[B]``: 0 with probability p_zero, else U(0, t_max]."""
-        kw = dict(generator=generator, dtype=torch.float64, device=device)
-        zero = torch.rand(batch_size, **kw) < self.p_zero
-        t = self.t_max * (1.0 - torch.rand(batch_size, **kw))  # (0, t_max]
+        zero = rand((batch_size,), generator, dtype=torch.float64, device=device) < self.p_zero
+        t = self.t_max * (1.0 - rand((batch_size,), generator, dtype=torch.float64, device=device))  # (0, t_max]
         return torch.where(zero, torch.zeros_like(t), t).to(dtype)
 
     def __call__(self, model: nn.Module, batch: Any, *,
@@ -141,7 +145,7 @@ class NCML:
         check_data(data, self.num_levels)
         b = data.shape[0]
         num_dims = data[0].numel()
-        dtype = data.dtype if data.is_floating_point() else _model_dtype(model)
+        dtype = data.dtype if data.is_floating_point() else model_dtype(model)
         t = self.sample_t(b, dtype=dtype, device=data.device, generator=generator)
         at_zero = t == 0
         nll = torch.zeros(b, dtype=dtype, device=data.device)
@@ -153,30 +157,19 @@ class NCML:
             else:
                 log_p0 = model.discrete_log_prob(clean)
             nll = nll.index_put((at_zero,), -log_p0.to(dtype))
-            metrics["bpd_t0"] = float(-log_p0.detach().mean()) / (num_dims * math.log(2))
+            metrics["bpd_t0"] = nats_to_bpd(float(-log_p0.detach().mean()), num_dims)
         else:
             metrics["bpd_t0"] = float("nan")
         noisy = ~at_zero
         if bool(noisy.any()):
-            x0 = data[noisy]
-            if self.num_levels is not None:
-                x0 = dequantize(x0, self.num_levels, generator, dtype=dtype)
-            t_pos = t[noisy]
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
-            x_t, _ = self.sde.perturb(x0, t_pos, noise)
-            log_pt = model.log_prob(x_t, t_pos)
+            x0 = to_model_space(data[noisy], self.num_levels, generator, dtype)
+            p = perturb(self.sde, x0, t[noisy], generator)
+            log_pt = model.log_prob(p.x_t, p.t)
             nll = nll.index_put((noisy,), -log_pt.to(dtype))
             metrics["nll_per_dim_noisy"] = float(-log_pt.detach().mean()) / num_dims
         else:
             metrics["nll_per_dim_noisy"] = float("nan")
-        loss = nll.mean() / (num_dims * math.log(2))
+        loss = nats_to_bpd(nll.mean(), num_dims)
         metrics["loss"] = float(loss.detach())
         return loss, metrics
 
-
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    param = next(model.parameters(), None)
-    if param is None:
-        buf = next(model.buffers(), None)
-        return buf.dtype if buf is not None and buf.is_floating_point() else torch.get_default_dtype()
-    return param.dtype

@@ -1,4 +1,8 @@
-"""Overdamped Langevin samplers: plain, and per-dimension for AR-CSM (papers/001).
+"""Overdamped Langevin samplers: plain, and per-dimension for AR-CSM.
+
+The per-dimension sampler is that of Meng, Yu, Song, Song and Ermon, "Autoregressive Score
+Matching", NeurIPS 2020, for models that implement
+:class:`hybrids.models.base.ARConditionalScoreModel`.
 
 Both use the unadjusted Langevin update with step size eps,
 
@@ -15,17 +19,15 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from hybrids.models.base import ARConditionalScoreModel
+from hybrids.tensors import model_device, model_dtype, randn, randn_like
+
 
 def _check_steps(n_steps: int, step_size: float) -> None:
     if int(n_steps) < 1:
         raise ValueError(f"n_steps must be >= 1, got {n_steps}")
     if not step_size > 0:
         raise ValueError(f"step_size must be positive, got {step_size}")
-
-
-def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
 
 
 @torch.no_grad()
@@ -44,7 +46,7 @@ def langevin_sample(
         x: ``[B, ...]`` initial state.
         n_steps: number of updates.
         step_size: eps.
-        generator: random source of z.
+        generator: random source of z (drawn on its device, then moved to x's).
 
     Returns:
         The final state, like x.
@@ -52,13 +54,13 @@ def langevin_sample(
     _check_steps(n_steps, step_size)
     noise_scale = math.sqrt(2.0 * step_size)
     for _ in range(int(n_steps)):
-        x = x + step_size * score_fn(x) + noise_scale * _noise(x, generator)
+        x = x + step_size * score_fn(x) + noise_scale * randn_like(x, generator)
     return x
 
 
 @torch.no_grad()
 def ar_langevin_sample(
-    model,
+    model: ARConditionalScoreModel,
     shape: Sequence[int],
     *,
     n_steps: int,
@@ -69,15 +71,17 @@ def ar_langevin_sample(
 ) -> Tensor:
     """Sample an AR-CSM one dimension at a time with Langevin dynamics on each conditional.
 
-    For d = 1..D in the model's order (``model.to_sequence``/``from_sequence`` where the model
-    defines them, e.g. pixel-major RGB; else ``reshape``, raster order for one channel): the
-    context c_d is computed ONCE from the current x (only x_<d matters), then ``n_steps``
-    Langevin updates move x_d with s_d = h(x_d, c_d); only the head runs in the inner loop.
+    For d = 1..D in the model's order (``model.to_sequence``/``from_sequence``, e.g. pixel-major
+    RGB for PixelCNN++; raster order by default): the context c_d is computed ONCE from the
+    current x (only x_<d matters), then ``n_steps`` Langevin updates move x_d with
+    s_d = h(x_d, c_d); only the head runs in the inner loop.
 
     Args:
-        model: offers ``context(x, t) -> [B, D, F]`` (x ``[B, D]``) and
-            ``head(x_d, c, t) -> [B, K]`` (x_d ``[B, K]``, c ``[B, K, F]``).
-        shape: ``[B, D]`` or ``[B, C, H, W]`` of the samples.
+        model: an :class:`~hybrids.models.base.ARConditionalScoreModel`: it offers
+            ``context(x, t) -> [B, D, F]`` (x ``[B, D]``), ``head(x_d, c, t) -> [B, K]``
+            (x_d ``[B, K]``, c ``[B, K, F]``) and its variable order.
+        shape: ``[B, D]`` or ``[B, C, H, W]`` (any shape ``to_sequence`` accepts) of the
+            samples.
         n_steps: Langevin updates per dimension.
         step_size: eps of each update.
         generator: random source of the initial state and the noise.
@@ -86,33 +90,35 @@ def ar_langevin_sample(
         t: ``[B]`` times for a noise-conditional model, else None.
 
     Returns:
-        Samples shaped ``shape`` in the model's dtype.
+        Samples shaped ``shape`` (``model.from_sequence(x_seq, shape)``) in the model's dtype.
+
+    Raises:
+        TypeError: if ``model`` is not an ``ARConditionalScoreModel``.
+        ValueError: for ``n_steps < 1``, ``step_size <= 0`` or an ``init`` of the wrong shape.
     """
     _check_steps(n_steps, step_size)
-    if not (hasattr(model, "context") and hasattr(model, "head")):
+    if not isinstance(model, ARConditionalScoreModel):
         raise TypeError(
-            f"{type(model).__name__} lacks the context(x, t) / head(x_d, c, t) split that "
-            "ar_langevin_sample needs (MADEConditionalScore and PixelCNNConditionalScore offer it)"
+            f"ar_langevin_sample needs an ARConditionalScoreModel (hybrids.models.base), with "
+            f"context(x, t), head(x_d, c, t), to_sequence and from_sequence; got "
+            f"{type(model).__name__}. Subclass ARConditionalScoreModel (MADEConditionalScore and "
+            "PixelCNNConditionalScore do)."
         )
     shape = tuple(int(v) for v in shape)
-    param = next(model.parameters(), None)
-    dtype = param.dtype if param is not None else torch.get_default_dtype()
-    device = param.device if param is not None else torch.device("cpu")
+    dtype, device = model_dtype(model), model_device(model)
     if init is None:
-        x = _noise(torch.empty(shape, dtype=dtype, device=device), generator)
+        x = randn(shape, generator, dtype=dtype, device=device)
     else:
         if tuple(init.shape) != shape:
             raise ValueError(f"init has shape {tuple(init.shape)}, expected {shape}")
         x = init.to(dtype=dtype, device=device).clone()
-    to_seq = getattr(model, "to_sequence", lambda v: v.reshape(v.shape[0], -1))
-    x = to_seq(x).clone()
+    x = model.to_sequence(x).clone()
     noise_scale = math.sqrt(2.0 * step_size)
     for d in range(x.shape[1]):
         c_d = model.context(x, t)[:, d : d + 1]
         x_d = x[:, d : d + 1]
         for _ in range(int(n_steps)):
-            x_d = x_d + step_size * model.head(x_d, c_d, t) + noise_scale * _noise(x_d, generator)
+            s_d = model.head(x_d, c_d, t)  # before the draw, as the head may use the global RNG
+            x_d = x_d + step_size * s_d + noise_scale * randn_like(x_d, generator)
         x[:, d : d + 1] = x_d
-    if hasattr(model, "from_sequence") and len(shape) > 2:
-        return model.from_sequence(x)
-    return x.reshape(shape)
+    return model.from_sequence(x, shape)

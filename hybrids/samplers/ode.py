@@ -1,4 +1,7 @@
-"""Probability-flow ODE sampler (papers/002): integrate dx/dt = f - g^2 s / 2 from T down to eps.
+"""Probability-flow ODE sampler: integrate dx/dt = f - g^2 s / 2 from T down to eps.
+
+Song, Sohl-Dickstein, Kingma, Kumar, Ermon and Poole, "Score-Based Generative Modeling through
+Stochastic Differential Equations", ICLR 2021.
 
 x_T ~ pi (the SDE's prior) is mapped deterministically to x_eps with an adaptive torchdiffeq
 solver (RK45/dopri5 as in score_sde); the number of score evaluations is returned with the samples.
@@ -12,9 +15,11 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from hybrids.likelihood.bound import as_score_fn
 from hybrids.likelihood.ode import ADAPTIVE_METHODS
+from hybrids.models.base import as_score_fn
 from hybrids.sdes import SDE
+from hybrids.tensors import expand_as_batch
+from hybrids.time_sampling import check_eps
 
 
 @dataclass
@@ -56,8 +61,7 @@ def ode_sample(
     Returns:
         :class:`ODESample`.
     """
-    if not 0 < eps < sde.T:
-        raise ValueError(f"eps must lie in (0, T = {sde.T}); got {eps}.")
+    check_eps(sde, eps)
     if x_init is None:
         if shape is None:
             raise ValueError("Give the sample shape [B, ...] or x_init.")
@@ -80,7 +84,6 @@ def ode_sample(
         if denoise:
             t = torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device)
             coefs = sde.marginal_coefs(t)
-            shape_b = (-1,) + (1,) * (x.ndim - 1)
-            x = (x + coefs.std.reshape(shape_b) ** 2 * fn(x, t)) / coefs.mean_coef.reshape(shape_b)
+            x = (x + expand_as_batch(coefs.std, x) ** 2 * fn(x, t)) / expand_as_batch(coefs.mean_coef, x)
             nfe += 1
     return ODESample(samples=x, nfe=nfe)

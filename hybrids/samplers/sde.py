@@ -1,4 +1,9 @@
-"""Predictor-corrector samplers for the reverse-time SDE, startable at any time (papers/002, 000).
+"""Predictor-corrector samplers for the reverse-time SDE, startable at any time.
+
+Song, Sohl-Dickstein, Kingma, Kumar, Ermon and Poole, "Score-Based Generative Modeling through
+Stochastic Differential Equations", ICLR 2021 (score_sde); started at t < T they are the
+score-based half of NCML's hybrid sampler ("Noise-conditional Maximum Likelihood Estimation with
+Score-based Sampling", NeurIPS 2022 Workshop on Score-Based Methods, anonymous submission).
 
 The reverse SDE dx = [f(x, t) - g(t)^2 s(x, t)] dt + g(t) dw_bar is integrated from ``t_start``
 down to ``t_end`` on the uniform grid t_i = t_start - i h, h = (t_start - t_end) / N, i = 0..N-1.
@@ -19,6 +24,7 @@ low dimension, and a 2-D Gaussian then came out with 17 times its variance.)
 
 With ``denoise=True`` the last predictor step returns its mean (no noise is added), which is
 score_sde's final denoising step. The sampler is free of gin; gin-configurable hooks wrap it.
+Gaussian draws follow ``hybrids.tensors``' rule (on the generator's device, then moved).
 """
 from __future__ import annotations
 
@@ -29,20 +35,12 @@ import torch
 from torch import Tensor
 
 from hybrids.sdes import SDE
+from hybrids.tensors import expand_as_batch, randn_like
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion")
 CORRECTORS = (None, "langevin")
-
-
-def _per_example(v: Tensor, x: Tensor) -> Tensor:
-    """Reshape ``[B]`` to broadcast against ``x`` of shape ``[B, ...]``."""
-    return v.reshape(v.shape + (1,) * (x.ndim - 1))
-
-
-def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def euler_maruyama_step(
@@ -63,7 +61,7 @@ def euler_maruyama_step(
     """
     drift = sde.reverse(score_fn).drift(x, t)
     x_mean = x - drift * h
-    g = _per_example(sde.diffusion(t), x)
+    g = expand_as_batch(sde.diffusion(t), x)
     return x_mean + g * math.sqrt(h) * noise, x_mean
 
 
@@ -79,7 +77,7 @@ def reverse_diffusion_step(
     """
     rev_f, G = sde.reverse(score_fn).discretize(x, t, h)
     x_mean = x + rev_f
-    return x_mean + _per_example(G, x) * noise, x_mean
+    return x_mean + expand_as_batch(G, x) * noise, x_mean
 
 
 def langevin_step(
@@ -99,7 +97,7 @@ def langevin_step(
     # A vanishing score (exact mode) would give an infinite step; clamp the denominator.
     tiny = torch.finfo(x.dtype).tiny
     eps = 2 * sde.langevin_alpha(t, h) * (snr * z_norm / s_norm.clamp_min(tiny)) ** 2
-    eps = _per_example(eps, x)
+    eps = expand_as_batch(eps, x)
     x_mean = x + eps * s
     return x_mean + torch.sqrt(2 * eps) * noise, x_mean
 
@@ -166,8 +164,8 @@ def pc_sample(
         t = torch.full((batch,), float(t_start) - i * h, dtype=x.dtype, device=x.device)
         if corrector is not None:
             for _ in range(n_corrector_steps):
-                x, _ = langevin_step(score_fn, sde, x, t, h, snr, _noise_like(x, generator))
-        x, x_mean = step(score_fn, sde, x, t, h, _noise_like(x, generator))
+                x, _ = langevin_step(score_fn, sde, x, t, h, snr, randn_like(x, generator))
+        x, x_mean = step(score_fn, sde, x, t, h, randn_like(x, generator))
     return x_mean if denoise else x
 
 

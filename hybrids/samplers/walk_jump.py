@@ -1,8 +1,11 @@
-"""Walk-jump sampling of Gaussian M-densities with underdamped Langevin MCMC (papers/004).
+"""Walk-jump sampling of Gaussian M-densities with underdamped Langevin MCMC.
+
+Saremi, Srivastava and Bach, "Universal Smoothed Score Functions for Generative Modeling", arXiv
+2023.
 
 Walk: Langevin MCMC on the multimeasurement variable y = (y_1, ..., y_M), y_m in R^D, whose
 score is grad_{y_m} log p(y) = (ybar - y_m)/sigma^2 + g(ybar)/M with g = grad log p_{sigma/sqrt M}
-(METHODS.md section 8). Jump: xhat(y) = ybar + (sigma^2/M) g(ybar), the Bayes estimate of x.
+(``hybrids.models.gps``). Jump: xhat(y) = ybar + (sigma^2/M) g(ybar), the Bayes estimate of x.
 
 Underdamped scheme (Sachs, Leimkuhler and Danos 2017, in the A-B-O-B-A order of the authors'
 code; one score call per step, inverse mass u, v_0 = 0, step delta, c = exp(-friction)):
@@ -17,7 +20,7 @@ delta = sigma / 2 corresponds to friction = sigma / 4.
 Overdamped scheme (for comparison; unadjusted Langevin with the same length scale delta):
 y += (delta^2 / 2) u psi + delta sqrt(u) xi.
 
-Reduction (METHODS.md section 8, "A reduction worth using"): with the GPS score the mean of the
+Reduction: with the GPS score the mean of the
 measurement scores is g(ybar)/M, so (ybar, sqrt(M) * mean velocity) follows the same scheme on
 p_{sigma/sqrt M} in R^D with step delta/sqrt(M), the same c, the same u and the standard normal
 noise sqrt(M) * mean_m xi_m. The deviations y_m - ybar never reach the jumps, so the reduced chain
@@ -36,21 +39,12 @@ import torch
 from torch import Tensor
 
 from hybrids.models.gps import measurement_score_from_ybar
+from hybrids.tensors import randn_like
 
 ScoreFn = Callable[[Tensor], Tensor]
 NoiseSampler = Callable[[Tensor], Tensor]
 
 METHODS = ("underdamped", "overdamped")
-
-
-def _randn_sampler(generator: torch.Generator | None) -> NoiseSampler:
-    """Standard normal noise shaped like its argument, drawn from ``generator``."""
-
-    def sample(like: Tensor) -> Tensor:
-        device = like.device if generator is None else generator.device
-        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
-
-    return sample
 
 
 def m_density_score(score_fn_ybar: ScoreFn, sigma: float) -> ScoreFn:
@@ -98,7 +92,7 @@ def langevin_walk(
         raise ValueError(
             f"need step_size > 0, inverse_mass > 0 and friction >= 0; got {step_size}, {inverse_mass}, {friction}."
         )
-    noise = noise_sampler or _randn_sampler(generator)
+    noise = noise_sampler or (lambda like: randn_like(like, generator))
     delta, u = float(step_size), float(inverse_mass)
     y = y0
     if method == "overdamped":
@@ -184,7 +178,7 @@ def walk_jump(
         x0 = init
     delta = sigma / 2 if step_size is None else float(step_size)
     sigma_eff = sigma / math.sqrt(M)
-    noise = noise_sampler or _randn_sampler(generator)
+    noise = noise_sampler or (lambda like: randn_like(like, generator))
 
     if reduced:
         y0 = x0 + sigma_eff * noise(x0)

@@ -1,27 +1,29 @@
-"""Walk-jump runner hooks (papers/004): samplers and evaluators of a trained GPS model.
+"""Walk-jump hooks for GPS models (``hybrids.models.gps.GPSModel``): samples, chain mixing and the
+condition numbers of M-densities.
 
-Every hook has the runner signature ``hook(model, data, *, device, generator) -> dict``; sizes are
-gin-bound keyword arguments with small CPU defaults. The model must be a
-:class:`hybrids.models.gps.GPSModel`; ``M`` picks another member of its universality class
-(``model.with_measurements(M)``, same network, sigma = sigma_eff sqrt(M)).
+``M`` picks another member of the model's universality class (``model.with_measurements(M)``: the
+same network, sigma = sigma_eff sqrt(M)). Integer data live in [-1, 1]; jumps are mapped back to
+levels with ``hybrids.data.quantize``; 2-D toys are used as they are.
 
-Units: integer data live in [-1, 1] (``hybrids.data.dequantize``); jumps are mapped back to levels
-with ``hybrids.data.quantize``. 2-D toys are used as they are.
+Reference: Saremi, Srivastava and Bach, "Universal Smoothed Score Functions for Generative
+Modeling", arXiv 2023.
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import gin
 import torch
 from torch import Tensor, nn
 
-from hybrids.data import dequantize, quantize
+from hybrids.data import ArrayDataset, dequantize
+from hybrids.hooks.base import evaluator, sampler, samples_output
 from hybrids.metrics.conditioning import empirical_condition_numbers
 from hybrids.metrics.fid import classifier_predict, train_domain_classifier
+from hybrids.metrics.mixing import chain_class_statistics
 from hybrids.models.gps import GPSModel
 from hybrids.samplers.walk_jump import walk_jump
+from hybrids.tensors import model_dtype
 
 
 def _member(model: nn.Module, M: int | None) -> GPSModel:
@@ -30,14 +32,9 @@ def _member(model: nn.Module, M: int | None) -> GPSModel:
     return model if M is None else model.with_measurements(int(M))
 
 
-def _dtype(model: nn.Module) -> torch.dtype:
-    param = next(model.parameters(), None)
-    return param.dtype if param is not None and param.dtype.is_floating_point else torch.float32
-
-
-def _run_chains(
+def run_chains(
     model: GPSModel,
-    data,
+    data: ArrayDataset,
     *,
     device: torch.device,
     generator: torch.Generator,
@@ -49,23 +46,14 @@ def _run_chains(
     method: str,
     reduced: bool,
 ) -> Tensor:
-    """Jumps ``[num_chains, R, *event]`` (R recorded jumps per chain; R = 1 without recording)."""
+    """Walk-jump chains of a GPS model from x_0 = 0: jumps ``[num_chains, R, *event]`` (R recorded
+    jumps per chain; R = 1, the final jump, without recording)."""
     shape = (int(num_chains),) + tuple(data.shape)
     with torch.no_grad():
         out = walk_jump(
-            model.ybar_score,
-            model.sigma,
-            model.M,
-            shape,
-            n_steps=int(n_steps),
-            step_size=step_size,
-            friction=friction,
-            generator=generator,
-            record_every=record_every,
-            method=method,
-            reduced=reduced,
-            dtype=_dtype(model),
-            device=device,
+            model.ybar_score, model.sigma, model.M, shape, n_steps=int(n_steps), step_size=step_size,
+            friction=friction, generator=generator, record_every=record_every, method=method,
+            reduced=reduced, dtype=model_dtype(model), device=device,
         )
     jumps = torch.stack(out, dim=1) if record_every is not None else out.unsqueeze(1)
     if jumps.shape[1] == 0:
@@ -73,19 +61,15 @@ def _run_chains(
     return jumps
 
 
-def _to_output(jumps: Tensor, num_levels: int | None) -> Tensor:
-    return jumps.detach().cpu() if num_levels is None else quantize(jumps.detach().float().cpu(), num_levels)
-
-
-@gin.configurable(module="hybrids.walkjump", denylist=["device", "generator"])
+@sampler
 def walk_jump_sampler(
     model: nn.Module,
-    data,
+    data: ArrayDataset,
     *,
     device: torch.device,
     generator: torch.Generator,
-    num_chains: int = 16,
-    n_steps: int = 200,
+    num_samples: int | None = None,
+    num_steps: int | None = None,
     record_every: int | None = None,
     friction: float = 1.0,
     step_size: float | None = None,
@@ -93,13 +77,11 @@ def walk_jump_sampler(
     method: str = "underdamped",
     reduced: bool = True,
 ) -> dict[str, Tensor]:
-    """Walk-jump samples: one long chain per stream, x_0 = 0 (see ``hybrids.samplers.walk_jump``).
+    """Walk-jump samples: one long chain per sample, x_0 = 0 (``hybrids.samplers.walk_jump``).
 
     Args:
-        model: a ``GPSModel`` on ``device``.
-        data: the test ``ArrayDataset`` (gives the event shape and the number of levels).
-        num_chains: parallel chains.
-        n_steps: walk steps per chain.
+        num_samples: parallel chains, one final jump each (None: the budget's).
+        num_steps: walk steps per chain (None: the budget's).
         record_every: also return every chain's jumps after every ``record_every`` steps.
         friction: effective friction gamma * delta.
         step_size: delta of the M x D chain (default sigma / 2).
@@ -107,92 +89,81 @@ def walk_jump_sampler(
         method, reduced: see ``walk_jump``.
 
     Returns:
-        ``{'samples': final jumps [num_chains, *event]}`` plus, with ``record_every``,
-        ``{'chains': [num_chains * R, *event]}`` (each chain's R jumps in a row): int64 levels for
-        image data, float points for 2-D toys.
+        ``{'samples': final jumps [num_samples, *event]}`` plus, with ``record_every``,
+        ``{'chains': [num_samples * R, *event]}`` (each chain's R jumps in a row).
     """
-    member = _member(model, M)
-    jumps = _run_chains(
-        member, data, device=device, generator=generator, num_chains=num_chains, n_steps=n_steps,
+    jumps = run_chains(
+        _member(model, M), data, device=device, generator=generator, num_chains=num_samples, n_steps=num_steps,
         record_every=record_every, friction=friction, step_size=step_size, method=method, reduced=reduced,
     )
-    out = {"samples": _to_output(jumps[:, -1], data.num_levels)}
+    out = {"samples": samples_output(jumps[:, -1], data.num_levels)}
     if record_every is not None:
-        out["chains"] = _to_output(jumps.flatten(0, 1), data.num_levels)
+        out["chains"] = samples_output(jumps.flatten(0, 1), data.num_levels)
     return out
 
 
-@gin.configurable(module="hybrids.walkjump", denylist=["device", "generator"])
+@evaluator
 def walk_jump_class_eval(
     model: nn.Module,
-    data,
+    data: ArrayDataset,
     *,
     device: torch.device,
     generator: torch.Generator,
     num_chains: int = 4,
-    n_steps: int = 400,
+    num_steps: int | None = None,
     record_every: int = 10,
     friction: float = 1.0,
     step_size: float | None = None,
     M: int | None = None,
-    classifier_steps: int = 500,
+    classifier_steps: int | None = None,
     data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Count the classes that each chain's jumps visit (papers/004, Fig. 3: fast mixing).
+    """Count the classes that each walk-jump chain's jumps visit (fast mixing between modes).
+
+    ``num_chains`` chains of ``num_steps`` walk steps (None: the budget's), a jump recorded every
+    ``record_every`` steps.
 
     A small CNN (``hybrids.metrics.fid.train_domain_classifier`` on the dataset's train split,
     cached) labels every recorded jump. Needs a labelled image dataset (digits, MNIST).
 
     Returns:
-        ``classes_visited`` per chain, their mean, ``switches`` (label changes between consecutive
-        jumps) per chain, the pooled ``class_histogram``, the number of jumps per chain and the
-        classifier's test accuracy.
+        ``hybrids.metrics.mixing.chain_class_statistics`` of the labels, and the classifier's
+        test accuracy.
     """
     if data.labels is None or data.num_levels is None:
         raise ValueError(f"walk_jump_class_eval needs a labelled image dataset; {data.name!r} is not one.")
-    member = _member(model, M)
-    jumps = _run_chains(
-        member, data, device=device, generator=generator, num_chains=num_chains, n_steps=n_steps,
+    jumps = run_chains(
+        _member(model, M), data, device=device, generator=generator, num_chains=num_chains, n_steps=num_steps,
         record_every=record_every, friction=friction, step_size=step_size, method="underdamped", reduced=True,
     )
-    levels = _to_output(jumps.flatten(0, 1), data.num_levels)
+    levels = samples_output(jumps.flatten(0, 1), data.num_levels)
     classifier = train_domain_classifier(data.name, data_dir or data.data_dir, steps=classifier_steps, device=device)
     labels = classifier_predict(classifier, levels).reshape(jumps.shape[0], jumps.shape[1])
-    num_classes = int(data.labels.max()) + 1
-    visited = [int(torch.unique(row).numel()) for row in labels]
-    switches = [int((row[1:] != row[:-1]).sum()) for row in labels]
-    return {
-        "classes_visited": visited,
-        "mean_classes_visited": sum(visited) / len(visited),
-        "switches": switches,
-        "mean_switches": sum(switches) / len(switches),
-        "class_histogram": torch.bincount(labels.flatten(), minlength=num_classes).tolist(),
-        "jumps_per_chain": int(jumps.shape[1]),
-        "classifier_test_accuracy": float(classifier.test_accuracy),
-    }
+    stats = chain_class_statistics(labels, int(data.labels.max()) + 1)
+    return {**stats, "classifier_test_accuracy": float(classifier.test_accuracy)}
 
 
-@gin.configurable(module="hybrids.walkjump", denylist=["device", "generator"])
+@evaluator
 def conditioning_eval(
     model: nn.Module,
-    data,
+    data: ArrayDataset,
     *,
     device: torch.device,
     generator: torch.Generator,
     Ms: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64),
-    num_examples: int | None = 10_000,
+    num_examples: int | None = None,
 ) -> dict[str, Any]:
-    """kappa(M) of the M-density of a Gaussian with the test data's covariance (papers/004, Sec. 4).
+    """kappa(M) of the M-density of a Gaussian with the test data's covariance.
 
     Integer data are dequantized to [-1, 1] once. Two curves: along the model's universality class
-    (sigma = sigma_eff sqrt(M)) and at the model's fixed sigma.
+    (sigma = sigma_eff sqrt(M)) and at the model's fixed sigma (``hybrids.metrics.conditioning``).
 
     Returns:
         ``M``, ``kappa_class``, ``kappa_fixed_sigma``, ``sigma_eff``, ``sigma``, the extreme
         eigenvalues ``lambda_max`` / ``lambda_min`` of the data covariance and ``num_examples``.
     """
     gps = _member(model, None)
-    k = data.data if num_examples is None else data.data[: int(num_examples)]
+    k = data.data[:num_examples]
     if data.num_levels is None:
         x = k.to(torch.float64)
     else:
