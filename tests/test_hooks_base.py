@@ -120,3 +120,30 @@ def test_score_sampler_hook_levels_for_images_and_clear_errors():
         langevin_test_sampler(NoSDE(), data, device=CPU, generator=torch.Generator(), num_samples=1)
     with pytest.raises(ValueError, match="init"):
         score_sampler_hook(_langevin, init="zeros")
+
+
+def test_shape_sampler_hooks_expose_the_functions_settings_and_no_unused_sde():
+    """ancestral_sampler / hybrid_sampler are built from ancestral_sample / hybrid_sample: gin sees
+    their settings, only the SDE-driven one takes `sde`, and both need integer images."""
+    import inspect
+
+    from hybrids.hooks import ancestral_sampler, hybrid_sampler
+
+    anc = inspect.signature(ancestral_sampler).parameters
+    hyb = inspect.signature(hybrid_sampler).parameters
+    assert {"method", "t"} <= set(anc) and "sde" not in anc and "dtype" not in anc
+    assert {"sde", "t0", "step_size", "corrector", "method"} <= set(hyb) and "num_levels" not in hyb
+    gin.parse_config("import hybrids.hooks\nancestral_sampler.method = 'naive'\nhybrid_sampler.t0 = 0.05")
+    with pytest.raises(ValueError, match="doesn't have a parameter"):
+        gin.parse_config("ancestral_sampler.sde = None")
+    toy = ArrayDataset("moons", torch.zeros(3, 2), None, None)
+    with pytest.raises(ValueError, match="integer images"):
+        ancestral_sampler(torch.nn.Linear(1, 1), toy, device=CPU, generator=torch.Generator(), num_samples=1)
+
+
+def test_non_finite_samples_are_reported_with_the_hook():
+    """Catches: a diverged sampler silently written as a black or white picture."""
+    x = torch.zeros(4, 1, 2, 2)
+    x[2, 0, 1, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match="pc_sampler produced non-finite values in 1 of 4"):
+        samples_output(x, 17, "pc_sampler")

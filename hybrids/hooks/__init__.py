@@ -14,7 +14,8 @@ with ``import hybrids.hooks``. The contract (signature, outputs, result keys, PN
 | ``walk_jump`` | ``walk_jump_sampler``, ``walk_jump_class_eval``, ``conditioning_eval`` |
 """
 from hybrids.hooks.anomaly import density_anomaly_eval, score_norm_anomaly_eval
-from hybrids.hooks.base import Budget, Hook, evaluator, hook_keys, sampler, samples_output, score_sampler_hook
+from hybrids.hooks.base import (Budget, Hook, evaluator, hook_keys, sampler, samples_output, score_sampler_hook,
+                                shape_sampler_hook)
 from hybrids.hooks.denoising import denoise_eval, denoise_images
 from hybrids.hooks.likelihood import (density_grid_eval, dsm_loss_variance_eval, pi_perturbation_eval,
                                       score_likelihood_eval, vardeq_likelihood_eval)
@@ -28,5 +29,5 @@ __all__ = [
     "density_grid_eval", "density_grid_image", "denoise_eval", "denoise_images", "dsm_loss_variance_eval",
     "evaluator", "hook_keys", "hybrid_sampler", "model_sampler", "ode_sampler", "pc_sampler", "pi_perturbation_eval",
     "sample_fd_eval", "sampler", "samples_output", "score_likelihood_eval", "score_norm_anomaly_eval",
-    "score_sampler_hook", "vardeq_likelihood_eval", "walk_jump_class_eval", "walk_jump_sampler",
+    "score_sampler_hook", "shape_sampler_hook", "vardeq_likelihood_eval", "walk_jump_class_eval", "walk_jump_sampler",
 ]

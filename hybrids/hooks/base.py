@@ -146,11 +146,22 @@ def sampler(fn: Callable) -> Callable:
 
 
 # --- outputs and their names --------------------------------------------------------------------
-def samples_output(x: Tensor, num_levels: int | None) -> Tensor:
-    """A sampler's samples as the runner stores them: model-space images ``[N, C, H, W]`` become
-    int64 levels (``quantize``, values outside [-1, 1] go to the end levels); continuous data
-    (``num_levels`` None) stay float, on the CPU."""
+def samples_output(x: Tensor, num_levels: int | None, hook: str = "sampler") -> Tensor:
+    """A sampler's samples as the runner stores them, on the CPU: model-space images
+    ``[N, C, H, W]`` become int64 levels (``quantize``, values outside [-1, 1] go to the end
+    levels); continuous data (``num_levels`` None) stay float; integer levels pass through.
+
+    Raises:
+        FloatingPointError: for non-finite samples (a diverged sampler), naming ``hook``.
+    """
     x = x.detach().cpu()
+    if not x.is_floating_point():
+        return x
+    bad = ~torch.isfinite(x.flatten(1)).all(1) if x.ndim > 1 else ~torch.isfinite(x)
+    if bool(bad.any()):
+        raise FloatingPointError(
+            f"{hook} produced non-finite values in {int(bad.sum())} of {x.shape[0]} samples; lower its "
+            "step size or raise its number of steps (or check the model's score for NaNs).")
     return x if num_levels is None else quantize(x, num_levels)
 
 
@@ -181,6 +192,61 @@ def hook_keys(hooks: Sequence[Callable]) -> list[str]:
 def hook_label(hook: Callable) -> str:
     """A hook's key on its own (for hooks that report which other hook they called)."""
     return hook_keys([hook])[0]
+
+
+# --- sampler hooks from plain sampling functions -------------------------------------------------
+SHAPE_SAMPLER_RUNTIME = ("model", "shape", "sde", "num_levels", "generator", "device", "dtype")
+
+
+def _settings(fn: Callable, runtime: Sequence[str]) -> list[inspect.Parameter]:
+    """``fn``'s keyword parameters with defaults, minus the runtime ones, as keyword-only."""
+    return [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for n, p in inspect.signature(fn).parameters.items()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty
+            and n not in runtime]
+
+
+def shape_sampler_hook(fn: Callable[..., Tensor], *, name: str) -> Callable:
+    """Turn a model sampler ``fn(model, shape, *, generator, **settings) -> samples`` into a
+    gin-configurable sampler hook (``hybrids.samplers.ancestral_sample``,
+    ``hybrids.samplers.hybrid.hybrid_sample``).
+
+    The hook ``hook(model, data, *, device, generator, num_samples=None[, sde=None], **settings)``
+    calls ``fn(model, shape=(num_samples, *data.shape), generator=generator, **settings)``, adding
+    ``sde`` (the model's, or the bound one), ``num_levels`` (the data's; integer images are then
+    required) and ``device`` when ``fn`` takes them, and returns
+    ``{'samples': samples_output(samples, data.num_levels)}``. Gin sees ``fn``'s other keyword
+    parameters as the hook's own.
+
+    Args:
+        fn: the sampler.
+        name: the hook's gin name.
+    """
+    params = inspect.signature(fn).parameters
+    takes = {n for n in ("sde", "num_levels", "device") if n in params}
+
+    def hook(model: nn.Module, data: ArrayDataset, *, device: torch.device, generator: torch.Generator,
+             num_samples: int | None = None, sde: SDE | None = None, **kwargs: Any) -> dict[str, Tensor]:
+        if "num_levels" in takes:
+            if data.num_levels is None or data.data.ndim != 4:
+                raise ValueError(f"{name} needs integer images [N, C, H, W] with num_levels; got {data.name} with "
+                                 f"shape {tuple(data.data.shape)} and num_levels={data.num_levels}.")
+            kwargs["num_levels"] = int(data.num_levels)
+        if "sde" in takes:
+            kwargs["sde"] = sde_of(model, sde, binding=f"{name}.sde")
+        if "device" in takes:
+            kwargs["device"] = device
+        x = fn(model, shape=(int(num_samples),) + tuple(data.shape), generator=generator, **kwargs)
+        return {"samples": samples_output(x, data.num_levels, name)}
+
+    head = list(inspect.signature(hook).parameters.values())[:6]
+    if "sde" not in takes:
+        head = head[:5]
+    hook.__name__ = hook.__qualname__ = name
+    hook.__module__ = fn.__module__
+    hook.__doc__ = (f"Sampler hook of ``{fn.__module__}.{fn.__name__}`` (built by "
+                    "``hybrids.hooks.base.shape_sampler_hook``).\n\n" + (fn.__doc__ or ""))
+    hook.__signature__ = inspect.Signature(head + _settings(fn, SHAPE_SAMPLER_RUNTIME))
+    return sampler(hook)
 
 
 # --- score-based sampler hooks from plain functions ---------------------------------------------
@@ -216,12 +282,9 @@ def score_sampler_hook(
     """
     if init not in SCORE_SAMPLER_INITS:
         raise ValueError(f"unknown init {init!r}; choose one of {SCORE_SAMPLER_INITS}.")
-    fn_params = inspect.signature(fn).parameters
-    if "generator" not in fn_params:
+    if "generator" not in inspect.signature(fn).parameters:
         raise TypeError(f"{fn.__name__} must take `generator` as a keyword argument.")
-    settings = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for n, p in fn_params.items()
-                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty
-                and n not in ("generator", "num_samples", "sde", "device")]
+    settings = _settings(fn, ("generator", "num_samples", "sde", "device"))
 
     def hook(model: nn.Module, data: ArrayDataset, *, device: torch.device, generator: torch.Generator,
              num_samples: int | None = None, sde: SDE | None = None, **kwargs: Any) -> dict[str, Tensor]:
@@ -236,7 +299,7 @@ def score_sampler_hook(
             x_init = 2 * rand(shape, generator, dtype=dtype, device=device) - 1
         with torch.no_grad():
             x = fn(model.score, the_sde, x_init, generator=generator, **kwargs)
-        return {output: samples_output(x, data.num_levels)}
+        return {output: samples_output(x, data.num_levels, hook.__name__)}
 
     hook.__name__ = hook.__qualname__ = name or f"{fn.__name__}_sampler"
     hook.__module__ = fn.__module__

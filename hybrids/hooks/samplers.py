@@ -14,8 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from hybrids.data import ArrayDataset
-from hybrids.hooks.base import sampler, samples_output
-from hybrids.hooks.likelihood import image_levels
+from hybrids.hooks.base import sampler, samples_output, shape_sampler_hook
 from hybrids.likelihood.density_grid import conditional_density_grid
 from hybrids.samplers.autoregressive import ancestral_sample
 from hybrids.samplers.hybrid import hybrid_sample
@@ -26,56 +25,13 @@ from hybrids.sdes import SDE, default_sampling_eps, sde_of
 from hybrids.tensors import model_dtype, rand, randn
 
 
-@sampler
-def ancestral_sampler(
-    model: nn.Module,
-    data: ArrayDataset,
-    *,
-    device: torch.device,
-    generator: torch.Generator,
-    num_samples: int | None = None,
-    method: str = "fast",
-) -> dict[str, Tensor]:
-    """Ancestral sampling of discrete levels at t = 0 (``hybrids.samplers.ancestral_sample``)."""
-    k, num_levels = image_levels(data, "ancestral_sampler")
-    shape = (int(num_samples),) + tuple(k.shape[1:])
-    levels = ancestral_sample(model, shape, t=None, num_levels=num_levels, generator=generator,
-                              method=method, device=device)
-    return {"samples": levels.cpu()}
+ancestral_sampler = shape_sampler_hook(ancestral_sample, name="ancestral_sampler")
+"""Ancestral sampling of an autoregressive mixture (``hybrids.samplers.ancestral_sample``): discrete
+levels at t = 0 (bind ``ancestral_sampler.t`` for continuous values at a noise level t)."""
 
-
-@sampler
-def hybrid_sampler(
-    model: nn.Module,
-    data: ArrayDataset,
-    *,
-    device: torch.device,
-    generator: torch.Generator,
-    num_samples: int | None = None,
-    sde: SDE | None = None,
-    t_ncml: float | None = None,
-    t0: float | None = None,
-    eps: float | None = None,
-    step_size: float = 1e-3,
-    predictor: str | None = None,
-    corrector: str | None = "auto",
-    snr: float = 0.16,
-    n_corrector_steps: int = 1,
-    method: str = "fast",
-) -> dict[str, Tensor]:
-    """NCML's hybrid sampling (``hybrids.samplers.hybrid.hybrid_sample``): an ancestral draw at t0,
-    then the reverse SDE with the model's autograd score.
-
-    ``sde`` defaults to ``model.sde``; the other arguments are those of ``hybrid_sample``.
-    """
-    k, num_levels = image_levels(data, "hybrid_sampler")
-    shape = (int(num_samples),) + tuple(k.shape[1:])
-    levels = hybrid_sample(
-        model, sde_of(model, sde, binding="hybrid_sampler.sde"), shape, num_levels=num_levels, t_ncml=t_ncml,
-        t0=t0, eps=eps, step_size=step_size, predictor=predictor, corrector=corrector, snr=snr,
-        n_corrector_steps=n_corrector_steps, generator=generator, method=method,
-    )
-    return {"samples": levels.cpu()}
+hybrid_sampler = shape_sampler_hook(hybrid_sample, name="hybrid_sampler")
+"""NCML's hybrid sampling (``hybrids.samplers.hybrid.hybrid_sample``): an ancestral draw at t0, then
+the reverse SDE with the model's autograd score; ``sde`` defaults to ``model.sde``."""
 
 
 @sampler
@@ -108,7 +64,7 @@ def pc_sampler(
         x = sample_from_prior(model.score, sde, shape, eps=eps, num_steps=num_steps, predictor=predictor,
                               corrector=corrector, snr=snr, generator=generator, device=device,
                               dtype=model_dtype(model))
-    return {"samples": samples_output(x, data.num_levels)}
+    return {"samples": samples_output(x, data.num_levels, "pc_sampler")}
 
 
 @sampler
@@ -130,7 +86,7 @@ def ode_sampler(
     shape = (num_samples,) + tuple(data.shape)
     x_init = sde.prior_sample(shape, generator, dtype=model_dtype(model), device=generator.device).to(device)
     out = ode_sample(model, sde, x_init=x_init, eps=eps, rtol=rtol, atol=atol, denoise=denoise)
-    return {"samples": samples_output(out.samples, data.num_levels)}
+    return {"samples": samples_output(out.samples, data.num_levels, "ode_sampler")}
 
 
 @sampler
@@ -161,7 +117,7 @@ def ar_langevin_sampler(
         init = 2 * rand(shape, generator, dtype=dtype) - 1
     x = ar_langevin_sample(model, shape, n_steps=num_steps, step_size=step_size,
                            generator=generator, init=init.to(device))
-    return {"samples": samples_output(x, data.num_levels)}
+    return {"samples": samples_output(x, data.num_levels, "ar_langevin_sampler")}
 
 
 @sampler

@@ -96,9 +96,9 @@ def walk_jump_sampler(
         _member(model, M), data, device=device, generator=generator, num_chains=num_samples, n_steps=num_steps,
         record_every=record_every, friction=friction, step_size=step_size, method=method, reduced=reduced,
     )
-    out = {"samples": samples_output(jumps[:, -1], data.num_levels)}
+    out = {"samples": samples_output(jumps[:, -1], data.num_levels, "walk_jump_sampler")}
     if record_every is not None:
-        out["chains"] = samples_output(jumps.flatten(0, 1), data.num_levels)
+        out["chains"] = samples_output(jumps.flatten(0, 1), data.num_levels, "walk_jump_sampler")
     return out
 
 
@@ -136,7 +136,7 @@ def walk_jump_class_eval(
         _member(model, M), data, device=device, generator=generator, num_chains=num_chains, n_steps=num_steps,
         record_every=record_every, friction=friction, step_size=step_size, method="underdamped", reduced=True,
     )
-    levels = samples_output(jumps.flatten(0, 1), data.num_levels)
+    levels = samples_output(jumps.flatten(0, 1), data.num_levels, "walk_jump_class_eval")
     classifier = train_domain_classifier(data.name, data_dir or data.data_dir, steps=classifier_steps, device=device)
     labels = classifier_predict(classifier, levels).reshape(jumps.shape[0], jumps.shape[1])
     stats = chain_class_statistics(labels, int(data.labels.max()) + 1)
