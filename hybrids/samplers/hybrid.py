@@ -74,22 +74,65 @@ def hybrid_sample(
     t0 = t_ncml if t0 is None else float(t0)
     if not 0.0 < t0 <= t_ncml:
         raise ValueError(f"t0 must lie in (0, T_ncml = {t_ncml}]; got {t0}.")
+    settings = _solver_settings(sde, t0, eps, step_size, predictor, corrector)  # fail before the slow draw
+    x = ancestral_sample(model, shape, t=t0, generator=generator, method=method)
+
+    def score_fn(x_t: Tensor, t: Tensor) -> Tensor:
+        return model.score(x_t, t, create_graph=False)
+
+    x = reverse_from(score_fn, sde, x, t0=t0, **settings, snr=snr, n_corrector_steps=n_corrector_steps,
+                     generator=generator)
+    return quantize(x, num_levels)
+
+
+def _solver_settings(sde: SDE, t0: float, eps: float | None, step_size: float, predictor: str | None,
+                     corrector: str | None) -> dict:
+    """eps, step size, predictor and corrector with the SDE's defaults filled in, checked."""
     defaults = hybrid_defaults(sde)
     eps = defaults["eps"] if eps is None else float(eps)
     if not 0.0 <= eps < t0:
         raise ValueError(f"eps must lie in [0, t0 = {t0}); got {eps}.")
     if not step_size > 0:
         raise ValueError(f"step_size must be positive; got {step_size}.")
-    predictor = defaults["predictor"] if predictor is None else predictor
-    corrector = defaults["corrector"] if corrector == "auto" else corrector
-    num_steps = max(1, round((t0 - eps) / step_size))
-    x = ancestral_sample(model, shape, t=t0, generator=generator, method=method)
+    return {"eps": eps, "step_size": step_size,
+            "predictor": defaults["predictor"] if predictor is None else predictor,
+            "corrector": defaults["corrector"] if corrector == "auto" else corrector}
 
-    def score_fn(x_t: Tensor, t: Tensor) -> Tensor:
-        return model.score(x_t, t, create_graph=False)
 
+def reverse_from(
+    score_fn,
+    sde: SDE,
+    x_t0: Tensor,
+    *,
+    t0: float,
+    eps: float | None = None,
+    step_size: float = 1e-3,
+    predictor: str | None = None,
+    corrector: str | None = "auto",
+    snr: float = 0.16,
+    n_corrector_steps: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The second half of hybrid sampling: the reverse SDE from ``x_t0 ~ p(. | t0)`` down to eps.
+
+    Runs ``hybrids.samplers.sde.pc_sample`` from t0 to eps in round((t0 - eps) / step_size) steps
+    (at least 1) with the SDE's default predictor/corrector (``hybrid_defaults``) unless given, and
+    returns the mean of the last predictor step (the final denoising step).
+
+    Args:
+        score_fn: ``score_fn(x, t)``, e.g. a model's score without a graph.
+        sde: the forward SDE.
+        x_t0: ``[B, ...]`` draws at time t0.
+        t0: the start time (> eps).
+        eps, step_size, predictor, corrector, snr, n_corrector_steps: see ``hybrid_sample``.
+        generator: randomness of the solver.
+
+    Returns:
+        ``[B, ...]`` continuous samples at time eps (model space).
+    """
+    settings = _solver_settings(sde, t0, eps, step_size, predictor, corrector)
+    num_steps = max(1, round((t0 - settings["eps"]) / step_size))
     with torch.no_grad():
-        x = pc_sample(score_fn, sde, x, t_start=t0, t_end=eps, num_steps=num_steps, predictor=predictor,
-                      corrector=corrector, snr=snr, n_corrector_steps=n_corrector_steps, denoise=True,
-                      generator=generator)
-    return quantize(x, num_levels)
+        return pc_sample(score_fn, sde, x_t0, t_start=t0, t_end=settings["eps"], num_steps=num_steps,
+                         predictor=settings["predictor"], corrector=settings["corrector"], snr=snr,
+                         n_corrector_steps=n_corrector_steps, denoise=True, generator=generator)
