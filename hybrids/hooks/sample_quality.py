@@ -6,6 +6,11 @@ samples, and compares them with the dataset split by the Frechet distance of Gau
 features. Features come from pytorch-fid's Inception when a local weights file is given (reported
 as "FID"), otherwise from the library's domain classifier trained on the dataset (reported as
 "FD-<dataset> classifier", never as FID).
+
+Beside FD it reports the kernel inception distance (``hybrids.metrics.kid``: unbiased, so values at
+different sample sizes are comparable; "KID-<dataset> classifier" outside Inception features) and
+the floor of both: the same metrics for as many held-out real images (from the other split) as
+samples, which is what a perfect sampler would score at that sample size.
 """
 from __future__ import annotations
 
@@ -15,9 +20,10 @@ import gin
 import torch
 from torch import Tensor, nn
 
-from hybrids.data import ArrayDataset
+from hybrids.data import ArrayDataset, load_dataset
 from hybrids.hooks.base import evaluator, hook_label
 from hybrids.metrics.fid import frechet_distance_to_dataset, load_inception, train_domain_classifier
+from hybrids.metrics.kid import kernel_inception_distance
 
 
 @evaluator
@@ -33,6 +39,10 @@ def sample_fd_eval(
     num_quality_samples: int | None = None,
     inception_weights: str | None = None,
     classifier_steps: int | None = None,
+    kid: bool = True,
+    floor: bool = True,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
 ) -> dict[str, Any]:
     """Frechet distance between ``sampler``'s samples and ``data``'s dataset split.
 
@@ -46,10 +56,15 @@ def sample_fd_eval(
         num_quality_samples: samples drawn (None: the budget's; FID needs thousands for a stable value).
         inception_weights: local path of the pytorch-fid Inception weights: report Inception FID.
         classifier_steps: training updates of the domain classifier (None: the budget's; cached).
+        kid: also report KID against the whole reference split's features.
+        floor: also report FD and KID of N held-out real images (a seeded draw from the other
+            split) against the reference.
+        kid_subsets, kid_subset_size: KID's random subsets (Binkowski et al. use 100 of 1000).
 
     Returns:
         ``{"fd": distance, "metric": "FID" or "FD-<dataset> classifier", "num_samples": N,
-        "sampler": "<hook key>:<output>"}``.
+        "sampler": "<hook key>:<output>"}``, with ``kid`` (``kernel_inception_distance``'s dict and
+        its ``metric`` name) and ``floor`` (``{"fd", "kid", "num_samples", "split"}``) when asked.
     """
     if data.num_levels is None:
         raise ValueError(f"sample_fd_eval compares images; {data.name!r} has no integer levels.")
@@ -65,5 +80,30 @@ def sample_fd_eval(
         extractor = train_domain_classifier(data.name, data.data_dir, steps=classifier_steps, device=device)
     ((metric, distance),) = frechet_distance_to_dataset(levels, data.num_levels, extractor, data.name, split,
                                                          data_dir=data.data_dir).items()
-    return {"fd": distance, "metric": metric, "num_samples": int(levels.shape[0]),
-            "sampler": f"{hook_label(sampler)}:{key}"}
+    out: dict[str, Any] = {"fd": distance, "metric": metric, "num_samples": int(levels.shape[0]),
+                           "sampler": f"{hook_label(sampler)}:{key}"}
+    if not (kid or floor):
+        return out
+    kid_metric = metric.replace("FID", "KID").replace("FD-", "KID-")
+    reference = load_dataset(data.name, split=split, data_dir=data.data_dir)
+    ref_features = torch.as_tensor(extractor.extract(reference.data, data.num_levels), dtype=torch.float64)
+    kid_gen = torch.Generator().manual_seed(0)  # KID's subsets: their own stream, FD is unaffected
+
+    def kid_of(features: Tensor) -> dict[str, Any]:
+        return {**kernel_inception_distance(features, ref_features, num_subsets=kid_subsets,
+                                            subset_size=kid_subset_size, generator=kid_gen), "metric": kid_metric}
+
+    sample_features = torch.as_tensor(extractor.extract(levels, data.num_levels), dtype=torch.float64)
+    if kid:
+        out["kid"] = kid_of(sample_features)
+    if floor:
+        other = "train" if split != "train" else "test"
+        held_out = load_dataset(data.name, split=other, data_dir=data.data_dir).data
+        pick = torch.randperm(held_out.shape[0], generator=torch.Generator().manual_seed(1))[: levels.shape[0]]
+        ((_, floor_fd),) = frechet_distance_to_dataset(held_out[pick], data.num_levels, extractor, data.name,
+                                                       split, data_dir=data.data_dir).items()
+        out["floor"] = {"fd": floor_fd, "num_samples": int(pick.numel()), "split": other}
+        if kid:
+            real = torch.as_tensor(extractor.extract(held_out[pick], data.num_levels), dtype=torch.float64)
+            out["floor"]["kid"] = kid_of(real)
+    return out
