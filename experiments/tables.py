@@ -75,12 +75,15 @@ _NCML_COLUMNS = (
     Column("NLL pi=1 (bpd)", "pi_perturbation_eval.bpd.1.0"),
     Column("degradation pi 0->1 (bpd)", "pi_perturbation_eval.degradation"),
     Column("FD (see metric)", "sample_fd_eval.fd"),
+    Column("FD floor (real)", "sample_fd_eval.floor.fd"),
+    Column("KID (see metric)", "sample_fd_eval.kid.kid"),
+    Column("KID floor (real)", "sample_fd_eval.floor.kid.kid"),
 )
 
 
 def _ncml(label: str, gin: str, nll: tuple[float, float, float], fid: float) -> Row:
     names = [c.name for c in _NCML_COLUMNS]
-    return Row(label, (gin,), paper=tuple(zip(names, (*nll, round(nll[2] - nll[0], 2), fid))))
+    return Row(label, (gin,), paper=tuple(zip(names[:5], (*nll, round(nll[2] - nll[0], 2), fid))))
 
 
 NCML_TABLE1 = Table(
@@ -147,6 +150,9 @@ ARCSM_TABLE = Table(
     source="AR-CSM (Meng et al., NeurIPS 2020); the extract has no numbers for these experiments",
     columns=(
         Column("FD of samples (see metric)", "sample_fd_eval.fd"),
+        Column("FD floor (real)", "sample_fd_eval.floor.fd"),
+        Column("KID of samples (see metric)", "sample_fd_eval.kid.kid"),
+        Column("KID floor (real)", "sample_fd_eval.floor.kid.kid"),
         Column("PSNR noisy (dB)", "denoise_eval.psnr_noisy"),
         Column("PSNR denoised (dB)", "denoise_eval.psnr_denoised"),
         Column("AUROC noise", ("score_norm_anomaly_eval.auroc_uniform_noise",
