@@ -18,7 +18,9 @@ ONE trained model under every cell's bindings -- e.g. the same model under diffe
 sampler settings -- with ``--mode=eval`` or ``--mode=sample``: each cell's workdir starts with a copy
 of that checkpoint (run the grid once per mode to get both).
 ``WORKDIR/summary.csv`` and ``WORKDIR/summary.md`` hold one row per cell: bindings, status, error
-and the flattened scalar results. The exit status is 1 when a cell failed.
+and the flattened scalar results. The exit status is 1 when a cell failed. Progress goes to absl
+logging (INFO, stderr): which cell runs, how many of the cells to run are done, and an ETA (the
+mean time of the cells run so far times the number left).
 """
 from __future__ import annotations
 
@@ -34,10 +36,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import gin
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments.cells import (
-    cell_done, flatten_results, last_error_line, run_cell, run_cell_in_process, stop_cells_on_sigterm)
+    Progress, cell_done, flatten_results, last_error_line, run_cell, run_cell_in_process, stop_cells_on_sigterm)
 from experiments.plots import append_picture_links, write_grid_plots
 from experiments.runner import MODES, RESULTS_FILE, parse_gin, resolve_gin_file
 from hybrids.io import atomic_write, atomic_write_text, read_json
@@ -57,6 +59,8 @@ def define_flags() -> None:
     flags.DEFINE_string("device", "cpu", "cpu, cuda or cuda:N.")
     flags.DEFINE_string("data_dir", None, "Dataset directory passed to each cell.")
     flags.DEFINE_bool("in_process", False, "Run the cells in this process (faster) instead of a subprocess each.")
+    flags.DEFINE_integer("seeds", 1, "Run every cell with Trainer.seed = 0..N-1 and write "
+                         "summary_over_seeds.{csv,md} (mean ± sd over the seeds).")
     flags.DEFINE_list("plot_keys", [], "Result keys (as in summary.csv) to plot against the value of a "
                       "one-key numeric grid in sweep.png.")
     flags.DEFINE_string("from_checkpoint", None, "Checkpoint file, or workdir whose latest checkpoint is "
@@ -155,11 +159,50 @@ def write_summary(workdir: Path, grid: dict[str, list], rows: list[dict[str, Any
     atomic_write_text(workdir / "summary.md", "\n".join(md) + "\n")
 
 
+SEED_KEY = "Trainer.seed"
+
+
+def write_seed_summary(workdir: Path, grid: dict[str, list], rows: list[dict[str, Any]]) -> None:
+    """``summary_over_seeds.csv`` / ``.md``: one line per setting of the non-seed bindings, every
+    numeric result as mean and sample standard deviation over the seeds that finished."""
+    keys = [k for k in grid if k != SEED_KEY]
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(to_gin_literal(row["bindings"][k]) for k in keys), []).append(row)
+    result_keys = sorted({k for row in rows for k, v in row["results"].items()
+                          if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    header = [*keys, "seeds done", *(c for k in result_keys for c in (f"{k} mean", f"{k} sd"))]
+    lines = []
+    for setting, members in groups.items():
+        done = [m for m in members if m["status"] != "failed" and m["results"]]
+        line = [*setting, len(done)]
+        for k in result_keys:
+            vals = [float(m["results"][k]) for m in done if isinstance(m["results"].get(k), (int, float))]
+            mean = sum(vals) / len(vals) if vals else ""
+            sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else ""
+            line += [mean, sd]
+        lines.append(line)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(header)
+    writer.writerows(lines)
+    atomic_write_text(workdir / "summary_over_seeds.csv", buf.getvalue())
+    md_header = [*keys, "seeds done", *result_keys]
+    md = ["| " + " | ".join(md_header) + " |", "|" + "---|" * len(md_header)]
+    for line in lines:
+        cells = [str(v) for v in line[:len(keys) + 1]]
+        pairs = line[len(keys) + 1:]
+        cells += [(f"{m:.6g} ± {sd:.2g}" if sd != "" else f"{m:.6g}") if m != "" else "–"
+                  for m, sd in zip(pairs[::2], pairs[1::2])]
+        md.append("| " + " | ".join(cells) + " |")
+    atomic_write_text(workdir / "summary_over_seeds.md", "\n".join(md) + "\n")
+
+
 def run_grid(gin_files: Sequence[str], grid: str | dict[str, list], workdir: str | os.PathLike, *,
              gin_bindings: Sequence[str] = (), mode: str = "all", device: str = "cpu",
              data_dir: str | None = None, in_process: bool = False,
              from_checkpoint: str | os.PathLike | None = None,
-             plot_keys: Sequence[str] = ()) -> list[dict[str, Any]]:
+             plot_keys: Sequence[str] = (), seeds: int = 1) -> list[dict[str, Any]]:
     """Run (or resume) every cell of the grid; see the module docstring.
 
     Args:
@@ -176,6 +219,9 @@ def run_grid(gin_files: Sequence[str], grid: str | dict[str, list], workdir: str
         plot_keys: flattened result keys drawn against the grid value in ``sweep.png`` (a grid
             over one numeric binding); the other pictures of ``experiments.plots`` are drawn
             whenever the cells have data for them, and linked from ``summary.md``.
+        seeds: run every cell with ``Trainer.seed = 0 .. seeds - 1`` (an extra grid axis; with
+            ``from_checkpoint`` this varies the hooks' randomness only) and write
+            ``summary_over_seeds.{csv,md}``: mean ± standard deviation of every result over the seeds.
 
     Returns:
         One dict per cell: ``cell``, ``bindings``, ``status`` ('done', 'skipped' or 'failed'),
@@ -188,6 +234,14 @@ def run_grid(gin_files: Sequence[str], grid: str | dict[str, list], workdir: str
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
     grid = parse_grid(grid)
+    if isinstance(seeds, bool) or int(seeds) != seeds or seeds < 1:
+        raise ValueError(f"seeds must be an int >= 1; got {seeds!r}.")
+    if seeds > 1:
+        if SEED_KEY in grid:
+            raise ValueError(f"give the seeds either in the grid ({SEED_KEY}) or with --seeds, not both.")
+        if plot_keys:
+            raise ValueError("--plot_keys draws a one-key grid; with --seeds use summary_over_seeds.md.")
+        grid = {**grid, SEED_KEY: list(range(int(seeds)))}
     if plot_keys and (len(grid) != 1 or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) for v in next(iter(grid.values())))):
         raise ValueError(f"--plot_keys needs a grid over one numeric binding; got {json.dumps(grid)}.")
@@ -207,16 +261,22 @@ def run_grid(gin_files: Sequence[str], grid: str | dict[str, list], workdir: str
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
+    pending = {index for index, cell in enumerate(cells) if not cell_done(root / cell_name(index, cell), mode)}
+    progress = Progress(len(pending), "cell")
+    logging.info("grid of %d cells in %s: %d to run, %d already done", len(cells), root, len(pending),
+                 len(cells) - len(pending))
     for index, cell in enumerate(cells):
         cell_dir = root / cell_name(index, cell)
         status, error = "skipped", ""
-        if not cell_done(cell_dir, mode):
+        if index in pending:
+            progress.start(f"{cell_dir.name} ({', '.join(cell_bindings(cell))})")
             if checkpoint is not None:
                 seed_cell(cell_dir, checkpoint)
             runner = run_cell_in_process if in_process else run_cell
             code, stderr = runner(paths, [*gin_bindings, *cell_bindings(cell)], cell_dir, mode, device, data_dir)
             status = "done" if code == 0 else "failed"
             error = "" if code == 0 else last_error_line(stderr)
+            progress.finish(cell_dir.name, status)
         results_path = cell_dir / RESULTS_FILE
         results = read_json(results_path).get("results", {}) if results_path.exists() and status != "failed" else {}
         rows.append({"cell": cell_dir.name, "bindings": cell, "status": status, "error": error,
@@ -224,6 +284,8 @@ def run_grid(gin_files: Sequence[str], grid: str | dict[str, list], workdir: str
         print(f"[{index + 1}/{len(cells)}] {cell_dir.name}: {status}" + (f" -- {error}" if error else ""),
               flush=True)
         write_summary(root, grid, rows)
+    if seeds > 1:
+        write_seed_summary(root, grid, rows)
     cells_dirs = [(", ".join(f"{k}={to_gin_literal(v)}" for k, v in row["bindings"].items()), root / row["cell"])
                   for row in rows]
     append_picture_links(root / "summary.md", write_grid_plots(root, rows, cells_dirs, plot_keys))
@@ -240,7 +302,7 @@ def main(argv: list[str]) -> None:
         rows = run_grid(FLAGS.gin_file, FLAGS.grid, FLAGS.workdir, gin_bindings=FLAGS.gin_bindings,
                         mode=FLAGS.mode, device=FLAGS.device, data_dir=FLAGS.data_dir,
                         in_process=FLAGS.in_process, from_checkpoint=FLAGS.from_checkpoint,
-                        plot_keys=FLAGS.plot_keys)
+                        plot_keys=FLAGS.plot_keys, seeds=FLAGS.seeds)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -11,17 +11,60 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gin
+from absl import logging
 
-from experiments.runner import MODE_STAGES, REPO_ROOT, RESULTS_FILE, run_experiment
+from experiments.runner import MODE_STAGES, REPO_ROOT, RESULTS_FILE, format_duration, run_experiment
 from hybrids.io import atomic_write_text, flatten_results, read_json
 
-__all__ = ["cell_done", "flatten_results", "last_error_line", "run_cell", "run_cell_in_process",
+__all__ = ["Progress", "cell_done", "flatten_results", "last_error_line", "run_cell", "run_cell_in_process",
            "stop_cells_on_sigterm"]
+
+
+class Progress:
+    """Logs (absl, INFO) the progress of a sequence of cells or rows: which one runs, how many of
+    how many are done, and an ETA = mean wall time of the ones run so far x the number remaining.
+
+    Args:
+        total: how many will run.
+        noun: what they are called in the log lines (``'cell'``, ``'row'``).
+        clock: seconds since some fixed point (default ``time.monotonic``).
+    """
+
+    def __init__(self, total: int, noun: str, clock: Callable[[], float] = time.monotonic):
+        self.total, self.noun, self._clock = int(total), noun, clock
+        self.durations: list[float] = []
+        self._began: float | None = None
+
+    def eta(self) -> float | None:
+        """Seconds left: mean time of the finished ones x the remaining count (None before the first)."""
+        if not self.durations:
+            return None
+        return sum(self.durations) / len(self.durations) * (self.total - len(self.durations))
+
+    def _eta_text(self) -> str:
+        eta = self.eta()
+        return "ETA unknown until one finishes" if eta is None else f"ETA {format_duration(eta)}"
+
+    def start(self, name: str) -> None:
+        """Log that ``name`` starts running."""
+        self._began = self._clock()
+        logging.info("%s %d/%d running: %s (%d of %d done; %s)", self.noun, len(self.durations) + 1,
+                     self.total, name, len(self.durations), self.total, self._eta_text())
+
+    def finish(self, name: str, status: str) -> None:
+        """Log that ``name`` ended with ``status``, with its wall time and the updated ETA."""
+        now = self._clock()
+        took = now - (self._began if self._began is not None else now)
+        self.durations.append(took)
+        self._began = None
+        logging.info("%s %s: %s in %s (%d of %d done; %s)", self.noun, name, status, format_duration(took),
+                     len(self.durations), self.total, self._eta_text())
 
 
 def cell_done(workdir: Path, mode: str) -> bool:

@@ -24,6 +24,8 @@ of one workdir); rows outside it are only collected (status 'not selected' when 
 results) and do not change the exit status. Writes ``WORKDIR/table.md`` and ``WORKDIR/table.csv``, and beside
 them the pictures of ``experiments/plots.py`` that the rows have data for (``loss_curves.png``,
 ``samples.png``, ``pi_robustness.png``, ``condition_number.png``), linked from ``table.md``.
+Progress goes to absl logging (INFO, stderr): which row runs, how many of the rows to run are
+done, and an ETA (the mean time of the rows run so far times the number left).
 """
 from __future__ import annotations
 
@@ -33,10 +35,10 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from experiments.cells import (
-    cell_done, flatten_results, last_error_line, run_cell, run_cell_in_process, stop_cells_on_sigterm)
+    Progress, cell_done, flatten_results, last_error_line, run_cell, run_cell_in_process, stop_cells_on_sigterm)
 from experiments.plots import append_picture_links, write_table_plots
 from experiments.runner import RESULTS_FILE, resolve_gin_file
 from experiments.tables import SCALES, TABLES, Table
@@ -56,6 +58,8 @@ def define_flags() -> None:
     flags.DEFINE_string("device", "cpu", "cpu, cuda or cuda:N.")
     flags.DEFINE_string("data_dir", None, "Dataset directory passed to every row.")
     flags.DEFINE_bool("in_process", False, "Run rows in this process instead of a subprocess each.")
+    flags.DEFINE_integer("seeds", 1, "Train every row this many times (Trainer.seed = 0..N-1, each in "
+                         "ROW/seed_<i>); the table reports mean ± sd over the trainings.")
     flags.DEFINE_list("rows", None, "Only run these rows (slugs or labels, comma-separated); the other "
                       "rows are collected if their results exist.")
 
@@ -78,21 +82,46 @@ def _format(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+def seed_dirs(row_dir: Path, seeds: int) -> list[tuple[Path, tuple[str, ...]]]:
+    """``(workdir, extra bindings)`` of each training of a row: the row's directory itself for one
+    seed, else ``seed_<i>/`` with ``Trainer.seed = i`` for i = 0 .. seeds - 1."""
+    if seeds == 1:
+        return [(row_dir, ())]
+    return [(row_dir / f"seed_{i}", (f"Trainer.seed = {i}",)) for i in range(seeds)]
+
+
+def _summarise(values: list[Any]) -> tuple[Any, float | None, int]:
+    """Mean, sample standard deviation (None below 2 values) and count of the numeric values."""
+    nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not nums:
+        return (values[0] if values else None), None, 0
+    mean = sum(nums) / len(nums)
+    sd = (sum((v - mean) ** 2 for v in nums) / (len(nums) - 1)) ** 0.5 if len(nums) > 1 else None
+    return mean, sd, len(nums)
+
+
 def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only: bool = False,
               device: str = "cpu", data_dir: str | None = None, in_process: bool = False,
-              gin_bindings: Sequence[str] = (), rows: Sequence[str] | None = None) -> list[dict[str, Any]]:
+              gin_bindings: Sequence[str] = (), rows: Sequence[str] | None = None,
+              seeds: int = 1) -> list[dict[str, Any]]:
     """Run (or resume, or only collect) every row of a table and write ``table.md``/``table.csv``
     and the table's pictures (``experiments.plots``).
 
     ``gin_bindings`` are applied to every row after the scale's presets (e.g. a shorter
     ``Trainer.num_steps``); they are written into each row's command in the table. ``rows``
-    (slugs or labels) restricts what is run; the other rows are only collected.
+    (slugs or labels) restricts what is run; the other rows are only collected. With ``seeds``
+    = N > 1 every row is trained N times (``seed_<i>/`` with ``Trainer.seed = i``, each resumable)
+    and the table reports the mean and standard deviation over the trainings.
 
     Returns:
         One dict per row: ``row``, ``status`` ('done', 'collected', 'missing', 'not selected' or
-        'failed'), ``error``,
-        ``ours`` (column name -> value) and ``paper`` (column name -> value).
+        'failed'), ``error``, ``ours`` (column name -> value; the mean over seeds), ``ours_sd``
+        (column name -> standard deviation over seeds, None for one seed), ``n_seeds`` (trainings
+        with results) and ``paper`` (column name -> value).
     """
+    if isinstance(seeds, bool) or int(seeds) != seeds or seeds < 1:
+        raise ValueError(f"seeds must be an int >= 1; got {seeds!r}.")
+    seeds = int(seeds)
     table = get_table(table_name)
     if scale not in SCALES:
         raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}.")
@@ -101,30 +130,43 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
+    pending = [] if collect_only else [(r, d, extra) for r in table.rows if r in selected
+                                       for d, extra in seed_dirs(root / r.slug, seeds) if not cell_done(d, MODE)]
+    progress = Progress(len(pending), "training")
+    logging.info("%s (%s scale, %d seed%s): %d trainings to run in %s", table.name, scale, seeds,
+                 "s" if seeds > 1 else "", len(pending), root)
     for row in table.rows:
-        row_dir = root / row.slug
         gin_files = [resolve_gin_file(name) for name in (*row.gin_files, *preset_files)]
         bindings = [*preset_bindings.get("*", ()), *preset_bindings.get(table.name, ()), *row.bindings,
                     *gin_bindings]
-        status, error = "collected", ""
-        if not cell_done(row_dir, MODE):
-            if row not in selected:
-                status = "not selected"
-            elif collect_only:
-                status = "missing"
-            else:
+        statuses, errors, per_seed = [], [], []
+        for row_dir, extra in seed_dirs(root / row.slug, seeds):
+            status, error = "collected", ""
+            if (row, row_dir, extra) in pending:
+                progress.start(f"{row.label} ({row_dir})")
                 runner = run_cell_in_process if in_process else run_cell
-                code, stderr = runner(gin_files, bindings, row_dir, MODE, device, data_dir)
+                code, stderr = runner(gin_files, [*bindings, *extra], row_dir, MODE, device, data_dir)
                 status = "done" if code == 0 else "failed"
                 error = "" if code == 0 else last_error_line(stderr)
-        results_path = row_dir / RESULTS_FILE
-        flat = flatten_results(read_json(results_path).get("results", {})) if results_path.exists() else {}
-        ours = {col.name: col.value(flat) for col in table.columns}
-        rows.append({"row": row.label, "status": status, "error": error, "ours": ours, "paper": dict(row.paper),
-                     "command": row.command(scale, gin_bindings, data_dir)})
-        print(f"{table.name}: {row.label}: {status}" + (f" -- {error}" if error else ""), flush=True)
-    write_table(root, table, scale, rows)
-    pictures = write_table_plots(root, table, [(row.label, root / row.slug) for row in table.rows])
+                progress.finish(row.label, status)
+            elif not cell_done(row_dir, MODE):
+                status = "not selected" if row not in selected else "missing"
+            statuses.append(status)
+            errors += [error] if error else []
+            results_path = row_dir / RESULTS_FILE
+            if results_path.exists():
+                per_seed.append(flatten_results(read_json(results_path).get("results", {})))
+        status = next((s for s in ("failed", "missing", "not selected", "done") if s in statuses), "collected")
+        summaries = {col.name: _summarise([col.value(flat) for flat in per_seed]) for col in table.columns}
+        ours = {name: mean for name, (mean, _, _) in summaries.items()}
+        ours_sd = {name: sd for name, (_, sd, _) in summaries.items()}
+        command = row.command(scale, (*gin_bindings, *(("Trainer.seed = <i>",) if seeds > 1 else ())), data_dir)
+        rows.append({"row": row.label, "status": status, "error": "; ".join(errors), "ours": ours,
+                     "ours_sd": ours_sd, "n_seeds": len(per_seed), "paper": dict(row.paper), "command": command})
+        print(f"{table.name}: {row.label}: {status}" + (f" -- {rows[-1]['error']}" if errors else ""), flush=True)
+    write_table(root, table, scale, rows, seeds)
+    pictures = write_table_plots(root, table, [(row.label, seed_dirs(root / row.slug, seeds)[0][0])
+                                               for row in table.rows])
     append_picture_links(root / "table.md", pictures)
     return rows
 
@@ -142,20 +184,39 @@ def select_rows(table: Table, names: Sequence[str] | None) -> list:
     return [by_name[n] for n in names]
 
 
-def write_table(root: Path, table: Table, scale: str, rows: list[dict[str, Any]]) -> None:
-    """``table.csv`` (machine-readable) and ``table.md`` (ours and the paper's side by side)."""
+def write_table(root: Path, table: Table, scale: str, rows: list[dict[str, Any]], seeds: int = 1) -> None:
+    """``table.csv`` (machine-readable; with several seeds a ``(ours sd)`` column after each mean)
+    and ``table.md`` (ours and the paper's side by side; ``mean ± sd`` over the trainings)."""
     names = [col.name for col in table.columns]
-    header = ["row", "status", *(f"{n} (ours)" for n in names), *(f"{n} (paper)" for n in names), "error"]
-    lines = [[r["row"], r["status"], *(r["ours"][n] for n in names), *(r["paper"].get(n) for n in names),
-              r["error"]] for r in rows]
+    ours_cols = [c for n in names for c in ((f"{n} (ours)", f"{n} (ours sd)") if seeds > 1 else (f"{n} (ours)",))]
+    header = ["row", "status", *(["trainings"] if seeds > 1 else []), *ours_cols,
+              *(f"{n} (paper)" for n in names), "error"]
+
+    def ours_values(r: dict[str, Any]) -> list[Any]:
+        if seeds == 1:
+            return [r["ours"][n] for n in names]
+        return [v for n in names for v in (r["ours"][n], r["ours_sd"][n])]
+
+    lines = [[r["row"], r["status"], *([r["n_seeds"]] if seeds > 1 else []), *ours_values(r),
+              *(r["paper"].get(n) for n in names), r["error"]] for r in rows]
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(header)
     writer.writerows([["" if v is None else v for v in line] for line in lines])
     atomic_write_text(root / "table.csv", buf.getvalue())
-    md = [f"# {table.title}", "", f"Source: {table.source}. Scale: `{scale}`.", "",
-          "| " + " | ".join(header[:-1]) + " |", "|" + "---|" * (len(header) - 1)]
-    md += ["| " + " | ".join(_format(v) for v in line[:-1]) + " |" for line in lines]
+    md_header = ["row", "status", *(["trainings"] if seeds > 1 else []), *(f"{n} (ours)" for n in names),
+                 *(f"{n} (paper)" for n in names)]
+    spread = (f" Ours: mean ± standard deviation over {seeds} trainings (seeds 0..{seeds - 1}); the "
+              "per-image standard errors are the rows' own s.e. columns." if seeds > 1 else "")
+    md = [f"# {table.title}", "", f"Source: {table.source}. Scale: `{scale}`.{spread}", "",
+          "| " + " | ".join(md_header) + " |", "|" + "---|" * len(md_header)]
+    for r in rows:
+        cells = [r["row"], r["status"], *([r["n_seeds"]] if seeds > 1 else [])]
+        for n in names:
+            mean, sd = r["ours"][n], r["ours_sd"].get(n) if seeds > 1 else None
+            cells.append(_format(mean) + (f" ± {_format(sd)}" if sd is not None else ""))
+        cells += [_format(r["paper"].get(n)) for n in names]
+        md.append("| " + " | ".join(str(c) for c in cells) + " |")
     md += ["", *table.notes, "", "Commands:", ""]
     md += [f"- {r['row']}: `{r['command']}`" + (f" (failed: {r['error']})" if r["error"] else "") for r in rows]
     atomic_write_text(root / "table.md", "\n".join(md) + "\n")
@@ -170,7 +231,7 @@ def main(argv: list[str]) -> None:
     try:
         rows = reproduce(FLAGS.table, FLAGS.scale, FLAGS.workdir, collect_only=FLAGS.collect_only,
                          device=FLAGS.device, data_dir=FLAGS.data_dir, in_process=FLAGS.in_process,
-                         gin_bindings=FLAGS.gin_bindings, rows=FLAGS.rows)
+                         gin_bindings=FLAGS.gin_bindings, rows=FLAGS.rows, seeds=FLAGS.seeds)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
         sys.exit(2)

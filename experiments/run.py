@@ -8,6 +8,11 @@ Usage::
 
 Launch with ``torchrun --nproc_per_node=N -m experiments.run ...`` for data-parallel training.
 See :mod:`experiments.runner` for the modes and the workdir layout.
+
+Progress (training lines, each evaluator and sampler with its wall time, where the results and
+pictures went, the headline numbers) is logged with absl logging at INFO on stderr;
+``--verbosity=-1`` keeps only warnings and errors. A bad input ends with one line
+``error: <type>: <what to change>`` on stderr and exit status 2.
 """
 from __future__ import annotations
 
@@ -43,8 +48,10 @@ def main(argv: list[str]) -> None:
         run_experiment(FLAGS.gin_file, FLAGS.gin_bindings, workdir=FLAGS.workdir, mode=FLAGS.mode,
                        data_dir=FLAGS.data_dir or os.environ.get("HYBRIDS_DATA"), device=FLAGS.device,
                        dry_run=FLAGS.dry_run)
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError, WorkdirBusyError) as err:
-        # The traceback helps with bugs; the last line repeats the message that says what to change.
+    except (ValueError, TypeError, OSError, FloatingPointError, WorkdirBusyError) as err:
+        # Bad input (flags, gin files, bindings, data, workdir, device) and failures the user can
+        # act on. The traceback helps with bugs; the last line repeats the message that says what
+        # to change.
         traceback.print_exc()
         print(f"error: {type(err).__name__}: {err}".replace("\n", " "), file=sys.stderr)
         sys.exit(2)

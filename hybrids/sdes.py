@@ -21,6 +21,15 @@ sigma(t)^2 - sigma_min^2; the two differ by sigma_min^2 = 1e-4 and every formula
 
 Tensors: ``x`` is ``[B, ...]``; ``t`` is ``[B]`` (a scalar is broadcast) and follows the dtype of
 ``x`` where both are given. Per-example quantities (``diffusion``, ``std``) are ``[B]``.
+
+Times are checked: the SDE methods taking ``t`` (``drift_coef``, ``drift``, ``drift_divergence``,
+``diffusion``, ``marginal_coefs``, ``marginal``, ``perturb``, ``likelihood_weighting``,
+``langevin_alpha``, ``discretize`` and those of ``ReverseSDE``) raise ``ValueError`` naming the
+valid range [0, T] and the offending values when a time lies outside it (or is NaN), up to a
+rounding tolerance of max(1e-6, machine eps of t's dtype) * T (:meth:`SDE.check_time`);
+``t_for_std`` rejects stds whose time would leave [0, T]. The check is one min/max reduction per
+call and leaves the values of valid calls unchanged. The formula helpers ``VESDE.sigma``,
+``beta`` and ``integral_beta`` are defined for any t and are not checked.
 """
 from __future__ import annotations
 
@@ -44,6 +53,19 @@ def _as_time(t: Tensor | float, like: Tensor | None = None) -> Tensor:
     return t if t.is_floating_point() else t.to(torch.get_default_dtype())
 
 
+def _time_tolerance(T: float, dtype: torch.dtype) -> float:
+    """Rounding slack of the [0, T] check: max(1e-6, machine eps of ``dtype``) * T."""
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    return max(1e-6, eps) * T
+
+
+def _describe_values(values: Tensor, limit: int = 5) -> str:
+    """Up to ``limit`` values as a short, readable list."""
+    flat = values.detach().flatten()
+    shown = ", ".join(f"{v:.6g}" for v in flat[:limit].tolist())
+    return f"[{shown}{', ...' if flat.numel() > limit else ''}]"
+
+
 @dataclass(frozen=True)
 class Marginal:
     """Coefficients of p_0t(x_t | x_0) = N(mean_coef * x_0, std^2 I), each ``[B]``."""
@@ -56,10 +78,34 @@ class SDE:
     """Base class: an SDE with affine drift f(x, t) = drift_coef(t) x and Gaussian transitions.
 
     Subclasses define ``drift_coef``, ``diffusion``, ``marginal_coefs``, ``prior_std`` and
-    ``t_for_std``; everything else follows.
+    ``t_for_std``, passing every time through :meth:`check_time`; everything else follows.
     """
 
     T: float = 1.0
+
+    def check_time(self, t: Tensor | float) -> Tensor:
+        """Return ``t`` as a tensor after checking that every value lies in [0, T].
+
+        A tolerance of max(1e-6, machine eps of t's dtype) * T absorbs rounding (e.g. t computed
+        as eps + (T - eps) u); the values themselves are returned unchanged.
+
+        Raises:
+            ValueError: a time below 0, above T or NaN; the message names the valid range, how
+                many values are outside it and the first of them.
+        """
+        t = _as_time(t)
+        if t.numel() == 0:
+            return t
+        lo, hi = torch.stack(torch.aminmax(t.detach())).tolist()  # one reduction, one sync
+        tol = _time_tolerance(self.T, t.dtype)
+        if -tol <= lo and hi <= self.T + tol:  # False for NaN
+            return t
+        bad = ~((t >= -tol) & (t <= self.T + tol))
+        raise ValueError(
+            f"{type(self).__name__}: diffusion times must lie in [0, T] = [0, {self.T}]; got "
+            f"{int(bad.sum())} of {t.numel()} values outside it: {_describe_values(t[bad])} (range of "
+            f"t: {lo:.6g}..{hi:.6g}; a NaN time comes from a NaN upstream)."
+        )
 
     # --- to be defined by subclasses -------------------------------------------------------
     def drift_coef(self, t: Tensor) -> Tensor:
@@ -161,8 +207,7 @@ class SDE:
         with beta_i = beta(t) dt. The drift of subVP is that of VP, so the same a applies (the
         reference code has no value for subVP and its corrector crashes there).
         """
-        t = _as_time(t)
-        return torch.ones_like(t)
+        return torch.ones_like(self.check_time(t))
 
     def discretize(self, x: Tensor, t: Tensor, dt: float) -> tuple[Tensor, Tensor]:
         """One forward step of size dt > 0: x_{t+dt} = x + f_d + G z. Returns ``(f_d, G)``.
@@ -240,17 +285,18 @@ class VESDE(SDE):
         return f"VESDE(sigma_min={self.sigma_min}, sigma_max={self.sigma_max})"
 
     def sigma(self, t: Tensor) -> Tensor:
-        """sigma(t) = sigma_min (sigma_max / sigma_min)^t."""
+        """sigma(t) = sigma_min (sigma_max / sigma_min)^t (the formula, defined for any t: no range
+        check, unlike the SDE methods; ``discretize`` evaluates it at t - dt < 0)."""
         return self.sigma_min * torch.exp(_as_time(t) * self._log_ratio)
 
     def drift_coef(self, t: Tensor) -> Tensor:
-        return torch.zeros_like(_as_time(t))
+        return torch.zeros_like(self.check_time(t))
 
     def diffusion(self, t: Tensor) -> Tensor:
-        return self.sigma(t) * math.sqrt(2 * self._log_ratio)
+        return self.sigma(self.check_time(t)) * math.sqrt(2 * self._log_ratio)
 
     def marginal_coefs(self, t: Tensor) -> Marginal:
-        t = _as_time(t)
+        t = self.check_time(t)
         return Marginal(torch.ones_like(t), self.sigma(t))
 
     @property
@@ -260,17 +306,18 @@ class VESDE(SDE):
     def t_for_std(self, std: Tensor | float) -> Tensor:
         """t = ln(std / sigma_min) / ln(sigma_max / sigma_min); std must lie in [sigma_min, sigma_max]."""
         std = _as_time(std)
-        if bool(((std < self.sigma_min * (1 - 1e-6)) | (std > self.sigma_max * (1 + 1e-6))).any()):
+        if not bool(((std >= self.sigma_min * (1 - 1e-6)) & (std <= self.sigma_max * (1 + 1e-6))).all()):
             raise ValueError(
                 f"VESDE marginal stds lie in [sigma_min, sigma_max] = [{self.sigma_min}, "
-                f"{self.sigma_max}] (sigma(0) = sigma_min); got {std.min().item()}..{std.max().item()}."
+                f"{self.sigma_max}] (sigma(0) = sigma_min, sigma(T) = sigma_max: times in [0, T] = "
+                f"[0, {self.T}]); got {std.min().item()}..{std.max().item()}."
             )
         return torch.log(std / self.sigma_min) / self._log_ratio
 
     def discretize(self, x: Tensor, t: Tensor, dt: float) -> tuple[Tensor, Tensor]:
         """SMLD step: f_d = 0, G = sqrt(sigma(t)^2 - sigma(t - dt)^2), with sigma(t - dt) := 0
         when t - dt <= 0 (score_sde's VESDE.discretize with adjacent continuous times)."""
-        t = _as_time(t, x)
+        t = self.check_time(_as_time(t, x))
         sigma = self.sigma(t)
         prev = torch.where(t - dt > 0, self.sigma(t - dt), torch.zeros_like(sigma))
         return torch.zeros_like(x), torch.sqrt(sigma**2 - prev**2)
@@ -289,11 +336,12 @@ class _BetaSchedule(SDE):
         return f"{type(self).__name__}(beta_min={self.beta_min}, beta_max={self.beta_max})"
 
     def beta(self, t: Tensor) -> Tensor:
-        """beta(t) = beta_min + t (beta_max - beta_min), ``[B]``."""
+        """beta(t) = beta_min + t (beta_max - beta_min), ``[B]`` (the formula: no range check)."""
         return self.beta_min + _as_time(t) * (self.beta_max - self.beta_min)
 
     def integral_beta(self, t: Tensor) -> Tensor:
-        """B(t) = int_0^t beta(s) ds = beta_min t + t^2 (beta_max - beta_min) / 2, ``[B]``."""
+        """B(t) = int_0^t beta(s) ds = beta_min t + t^2 (beta_max - beta_min) / 2, ``[B]`` (the
+        formula: no range check)."""
         t = _as_time(t)
         return self.beta_min * t + 0.5 * t**2 * (self.beta_max - self.beta_min)
 
@@ -305,14 +353,33 @@ class _BetaSchedule(SDE):
         return 2 * b / (self.beta_min + torch.sqrt(self.beta_min**2 + 2 * d * b))
 
     def drift_coef(self, t: Tensor) -> Tensor:
-        return -0.5 * self.beta(t)
+        return -0.5 * self.beta(self.check_time(t))
 
     @property
     def prior_std(self) -> float:
         return 1.0
 
+    def _check_std_open_unit(self, std: Tensor) -> None:
+        """Stds of VP and subVP lie in (0, 1); NaN is rejected too."""
+        if not bool(((std > 0) & (std < 1)).all()):
+            raise ValueError(
+                f"{type(self).__name__} marginal stds lie in (0, 1); got {std.min().item()}..{std.max().item()}."
+            )
+
+    def _check_time_of_std(self, t: Tensor, std: Tensor) -> Tensor:
+        """Raise unless the times found for ``std`` lie within [0, T] (up to rounding)."""
+        too_late = t > self.T + _time_tolerance(self.T, t.dtype)
+        if bool(too_late.any()):
+            sigma_T = float(self.marginal_coefs(torch.tensor(self.T, dtype=torch.float64)).std)
+            raise ValueError(
+                f"{type(self).__name__}: std {_describe_values(std[too_late])} is reached only at t = "
+                f"{_describe_values(t[too_late])}, after T = {self.T}; stds of times in [0, T] lie in "
+                f"(0, sigma(T)] = (0, {sigma_T:.6g}]."
+            )
+        return t
+
     def langevin_alpha(self, t: Tensor, dt: float) -> Tensor:
-        return 1 - self.beta(t) * dt
+        return 1 - self.beta(self.check_time(t)) * dt
 
 
 @gin.configurable(module="hybrids.sdes")
@@ -325,25 +392,24 @@ class VPSDE(_BetaSchedule):
     """
 
     def diffusion(self, t: Tensor) -> Tensor:
-        return torch.sqrt(self.beta(t))
+        return torch.sqrt(self.beta(self.check_time(t)))
 
     def discretize(self, x: Tensor, t: Tensor, dt: float) -> tuple[Tensor, Tensor]:
         """DDPM step (score_sde's VPSDE.discretize): with beta_i = beta(t) dt,
         f_d = (sqrt(1 - beta_i) - 1) x and G = sqrt(beta_i)."""
-        t = _as_time(t, x)
+        t = self.check_time(_as_time(t, x))
         beta_i = self.beta(t) * dt
         return (expand_as_batch(torch.sqrt(1 - beta_i), x) - 1) * x, torch.sqrt(beta_i)
 
     def marginal_coefs(self, t: Tensor) -> Marginal:
-        b = self.integral_beta(t)
+        b = self.integral_beta(self.check_time(t))
         return Marginal(torch.exp(-0.5 * b), torch.sqrt(-torch.expm1(-b)))
 
     def t_for_std(self, std: Tensor | float) -> Tensor:
         """Solve 1 - exp(-B(t)) = std^2 for t: B = -ln(1 - std^2), then invert B."""
         std = _as_time(std)
-        if bool(((std <= 0) | (std >= 1)).any()):
-            raise ValueError(f"VPSDE marginal stds lie in (0, 1); got {std.min().item()}..{std.max().item()}.")
-        return self.t_for_integral_beta(-torch.log1p(-(std**2)))
+        self._check_std_open_unit(std)
+        return self._check_time_of_std(self.t_for_integral_beta(-torch.log1p(-(std**2))), std)
 
 
 @gin.configurable(module="hybrids.sdes")
@@ -356,18 +422,18 @@ class SubVPSDE(_BetaSchedule):
     """
 
     def diffusion(self, t: Tensor) -> Tensor:
+        t = self.check_time(t)
         return torch.sqrt(self.beta(t) * -torch.expm1(-2 * self.integral_beta(t)))
 
     def marginal_coefs(self, t: Tensor) -> Marginal:
-        b = self.integral_beta(t)
+        b = self.integral_beta(self.check_time(t))
         return Marginal(torch.exp(-0.5 * b), -torch.expm1(-b))
 
     def t_for_std(self, std: Tensor | float) -> Tensor:
         """Solve 1 - exp(-B(t)) = std for t: B = -ln(1 - std), then invert B."""
         std = _as_time(std)
-        if bool(((std <= 0) | (std >= 1)).any()):
-            raise ValueError(f"SubVPSDE marginal stds lie in (0, 1); got {std.min().item()}..{std.max().item()}.")
-        return self.t_for_integral_beta(-torch.log1p(-std))
+        self._check_std_open_unit(std)
+        return self._check_time_of_std(self.t_for_integral_beta(-torch.log1p(-std)), std)
 
 
 SDES = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}

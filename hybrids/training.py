@@ -22,21 +22,40 @@ shard of the global batch, and a module whose ``forward(batch)`` calls ``objecti
 is wrapped in ``DistributedDataParallel`` (objectives call ``model.log_prob``/``score``, not
 ``forward``, so DDP must wrap the objective call). Gradients are averaged over ranks, so the update
 equals the single-process update on the global batch. Rank 0 logs and writes checkpoints.
+
+Safety of the work in a workdir:
+
+* Progress goes to absl logging (INFO, rank 0): one line every ``log_every`` updates (step, loss,
+  learning rate, steps/s, ETA), one when resuming and one at the end.
+* Nothing non-finite is saved: the loss (before the update), the gradient norm (before the
+  optimizer step) and the weights and EMA (before every checkpoint) are checked; a non-finite value
+  stops training with a ``FloatingPointError`` that names the step, the last good checkpoint (left
+  intact) and a configuration change to resume with.
+* Resuming takes the newest intact checkpoint: an unreadable one (truncated, corrupt, a failed CRC
+  check, or holding non-finite weights) is reported and skipped (``fit`` renames it to
+  ``*.corrupt``); temporary files of interrupted checkpoint writes are removed.
+* On resume the Trainer's current hyperparameters win over the optimizer and scheduler state
+  stored in the checkpoint (a changed ``Trainer.lr`` applies at once), and the differences between
+  the checkpoint's gin configuration and the current one are logged.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import math
+import numbers
 import os
 import re
 import time
+import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import gin
 import torch
 import torch.distributed as dist
+from absl import logging
 from torch import Tensor, nn
 
 from hybrids.io import append_jsonl, atomic_torch_save, truncate_jsonl
@@ -47,6 +66,16 @@ StepHook = Callable[[int, nn.Module], dict[str, float] | None]
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
 _CKPT_RE = re.compile(r"^ckpt_(\d+)\.pt$")
+# Temporary files of hybrids.io.atomic_write for checkpoints: ".<name>.<random>.tmp".
+_CKPT_TMP_RE = re.compile(r"^\.ckpt_\d+\.pt\..+\.tmp$")
+_CHECKPOINT_KEYS = ("step", "model", "ema")
+_SEED_LIMIT = 2**63 // 1_000_003  # seed * 1_000_003 + epoch stays in torch's [-2**63, 2**64)
+_DEVICE_CHOICES = "'cpu', 'cuda' or 'cuda:N' (N a GPU index)"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used: truncated, corrupt, not a hybrids checkpoint, or
+    holding non-finite weights."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,35 +126,180 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         b_ema.copy_(b)
 
 
-def latest_checkpoint(workdir: str | os.PathLike) -> Path | None:
-    """The checkpoint with the highest step in ``workdir/checkpoints``, or None."""
+def checkpoint_files(workdir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``ckpt_<step>.pt`` in ``workdir/checkpoints``, newest first."""
     ckpt_dir = Path(workdir) / CHECKPOINT_DIR
     if not ckpt_dir.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _CKPT_RE.match(p.name))]
-    return max(found)[1] if found else None
+        return []
+    return sorted(((int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _CKPT_RE.match(p.name))),
+                  reverse=True)
+
+
+def _check_archive(path: Path) -> bool:
+    """Check the CRC of every record of a zip-format checkpoint (torch.load does not).
+
+    Returns:
+        Whether ``path`` is a zip archive (False: a truncated archive, or another format, which
+        only loading can judge).
+
+    Raises:
+        CheckpointError: a record of the archive fails its CRC check.
+    """
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt ({err}).") from err
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt (its record {bad} fails the CRC check).")
+    return True
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint dict (tensors and plain values only; ``weights_only=True``)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Load a checkpoint dict (tensors and plain values only; ``weights_only=True``).
+
+    The file's CRC checksums are verified first, so that a corrupt file is reported rather than
+    loaded as wrong weights.
+
+    Raises:
+        CheckpointError: the file is truncated, corrupt or not a hybrids checkpoint (the message
+            names the path).
+        FileNotFoundError: there is no file at ``path``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}.")
+    try:
+        _check_archive(path)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (CheckpointError, FileNotFoundError, PermissionError):
+        raise
+    except Exception as err:  # torch/pickle/zip raise many types for a damaged file
+        said = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read; it is truncated or corrupt (torch said: {said})."
+        ) from err
+    if not isinstance(state, dict) or any(k not in state for k in _CHECKPOINT_KEYS):
+        raise CheckpointError(
+            f"{path} is not a hybrids checkpoint (a dict with keys {', '.join(_CHECKPOINT_KEYS)}).")
+    return state
+
+
+def _nonfinite_entries(state_dicts: dict[str, dict[str, Any]]) -> list[str]:
+    """Names ``<label>.<key>`` of the floating-point tensors holding NaN or infinity."""
+    named = [(f"{label}.{key}", t) for label, sd in state_dicts.items() for key, t in sd.items()
+             if isinstance(t, Tensor) and t.is_floating_point()]
+    if not named:
+        return []
+    flags = torch.stack([torch.isfinite(t).all() for _, t in named]).cpu()
+    return [name for (name, _), ok in zip(named, flags.tolist()) if not ok]
+
+
+def _usable(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """The checkpoint at ``path``, loaded; CheckpointError if unreadable or its weights are not finite."""
+    state = load_checkpoint(path, map_location)
+    bad = _nonfinite_entries({"model": state["model"], "ema": state["ema"]})
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path} holds non-finite weights ({_shorten(bad)}); it was written by a "
+            "run that diverged.")
+    return state
+
+
+def _shorten(names: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _newest_usable(workdir: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+                   log: bool = True, load: bool = True
+                   ) -> tuple[Path, dict[str, Any] | None, list[Path]] | None:
+    """The newest usable checkpoint of ``workdir``, skipping unusable newer ones with a warning.
+
+    Args:
+        workdir: the run directory.
+        map_location: where tensors are loaded.
+        log: log a warning for each skipped checkpoint.
+        load: load the checkpoint (False: only verify the archive's checksums, or load it when it
+            is not a zip archive, and return None as the state).
+
+    Returns:
+        ``(path, state, skipped)`` with the paths of the skipped unusable checkpoints, or None when
+        the workdir holds no checkpoint.
+
+    Raises:
+        CheckpointError: there are checkpoints but none is usable (the message names each file and
+            what is wrong with it).
+    """
+    found = checkpoint_files(workdir)
+    if not found:
+        return None
+    problems: list[tuple[Path, str]] = []
+    for step, path in found:
+        try:
+            if load or not _check_archive(path):
+                state = _usable(path, map_location)
+            else:
+                state = None
+        except CheckpointError as err:
+            problems.append((path, str(err)))
+            continue
+        if log:
+            for bad_path, why in problems:
+                logging.warning("skipping checkpoint %s: %s Using the newest intact checkpoint instead: %s "
+                                "(step %d).", bad_path, why, path, step)
+        return path, (state if load else None), [p for p, _ in problems]
+    listing = " ".join(why for _, why in problems)
+    raise CheckpointError(
+        f"no usable checkpoint in {Path(workdir) / CHECKPOINT_DIR}: {listing} Move these files away "
+        "(or pass a new --workdir) to train from scratch."
+    )
+
+
+def latest_checkpoint(workdir: str | os.PathLike) -> Path | None:
+    """The newest intact checkpoint in ``workdir/checkpoints``, or None if there is none.
+
+    A newer checkpoint that fails its checksums (truncated or corrupt) is skipped with a warning.
+
+    Raises:
+        CheckpointError: checkpoints exist but none is intact.
+    """
+    found = _newest_usable(workdir, load=False)
+    return None if found is None else found[0]
+
+
+def load_latest_checkpoint(workdir: str | os.PathLike, map_location: str | torch.device = "cpu"
+                           ) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest usable checkpoint of ``workdir``: ``(path, state)``, or None if there is none.
+
+    Newer checkpoints that are truncated, corrupt or hold non-finite weights are skipped with a
+    warning naming them.
+
+    Raises:
+        CheckpointError: checkpoints exist but none is usable.
+    """
+    found = _newest_usable(workdir, map_location)
+    return None if found is None else (found[0], found[1])
 
 
 def load_ema(model: nn.Module, workdir: str | os.PathLike) -> int:
-    """Load the latest checkpoint's EMA weights into ``model``.
+    """Load the EMA weights of the newest usable checkpoint into ``model``.
 
     Returns:
         The step of that checkpoint.
 
     Raises:
         FileNotFoundError: if ``workdir`` holds no checkpoint.
+        CheckpointError: checkpoints exist but none is usable (truncated, corrupt or non-finite).
     """
-    path = latest_checkpoint(workdir)
-    if path is None:
+    found = load_latest_checkpoint(workdir)
+    if found is None:
         raise FileNotFoundError(
             f"no checkpoint in {Path(workdir) / CHECKPOINT_DIR}; train first (--mode=train or --mode=all)."
         )
-    state = load_checkpoint(path)
+    path, state = found
     load_weights(model, state["ema"], path)
     return int(state["step"])
 
@@ -163,6 +337,88 @@ def _metric_value(value: Any) -> float:
     return float(value.detach().float().mean().item()) if isinstance(value, Tensor) else float(value)
 
 
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` (hours unbounded), or ``?`` for an unknown (non-finite or negative) duration."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    total = int(round(seconds))
+    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def _gin_bindings(text: str) -> dict[str, str]:
+    """``{"Trainer.lr": "0.001", ...}`` from gin config text (imports and comments skipped; values
+    continued on indented lines are joined)."""
+    out: dict[str, str] = {}
+    key = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            key = None
+        elif line[0].isspace() and key is not None:
+            out[key] = f"{out[key]} {stripped.rstrip(chr(92)).strip()}".strip()
+        elif stripped.startswith(("import ", "from ")):
+            key = None
+        else:
+            name, sep, value = stripped.partition(" = ")
+            key = name.strip() if sep else None
+            if key is not None:
+                out[key] = value.rstrip(chr(92)).strip()
+    return out
+
+
+def gin_config_diff(stored: str, current: str, stored_name: str = "checkpoint",
+                    current_name: str = "current", max_lines: int = 40) -> str:
+    """A unified diff (no context) of the bindings present in both gin texts whose values differ.
+
+    Bindings present in only one text are left out: a checkpoint stores the operative
+    configuration, which lacks what was not used by then.
+
+    Returns:
+        The diff, or ``''`` when no shared binding changed.
+    """
+    old, new = _gin_bindings(stored), _gin_bindings(current)
+    changed = sorted(k for k in old.keys() & new.keys() if old[k] != new[k])
+    if not changed:
+        return ""
+    diff = list(difflib.unified_diff([f"{k} = {old[k]}" for k in changed], [f"{k} = {new[k]}" for k in changed],
+                                     fromfile=stored_name, tofile=current_name, n=0, lineterm=""))
+    if len(diff) > max_lines:
+        diff = diff[:max_lines] + [f"... ({len(diff) - max_lines} more lines)"]
+    return "\n".join(diff)
+
+
+def _integer(name: str, value: Any, minimum: int | None, what: str = "") -> int:
+    """``value`` as an int >= ``minimum`` (None: any); an integral float (4.0) is accepted.
+
+    Raises:
+        TypeError: not a number.
+        ValueError: not a whole number, or below ``minimum``.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Trainer.{name} must be an integer; got {value!r} ({type(value).__name__}).")
+    if not isinstance(value, numbers.Integral):
+        if not math.isfinite(float(value)) or float(value) != math.floor(float(value)):
+            raise ValueError(f"Trainer.{name} must be a whole number; got {value!r}.")
+    result = int(value)
+    if minimum is not None and result < minimum:
+        raise ValueError(f"Trainer.{name} must be >= {minimum}{what}; got {value!r}.")
+    return result
+
+
+def _real(name: str, value: Any) -> float:
+    """``value`` as a finite float.
+
+    Raises:
+        TypeError: not a number.
+        ValueError: NaN or infinite.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"Trainer.{name} must be a number; got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"Trainer.{name} must be finite; got {value!r}.")
+    return float(value)
+
+
 @gin.configurable(module="hybrids", denylist=["device"])
 class Trainer:
     """Optimisation loop shared by every hybrids objective (see the module docstring).
@@ -171,14 +427,14 @@ class Trainer:
         num_steps: total number of updates.
         batch_size: global batch size (split evenly over DDP ranks).
         lr: base learning rate of Adam.
-        betas: Adam betas.
-        eps: Adam epsilon.
+        betas: Adam betas, each in [0, 1).
+        eps: Adam epsilon (>= 0).
         warmup_steps: linear warmup length in updates (0: none).
         lr_decay: per-update multiplicative decay of the learning rate (1.0: none).
         grad_clip: maximum global gradient norm (``None``: no clipping).
         ema_decay: decay of the parameter EMA.
         seed: seeds the data order and, via ``seed_everything``, parameter initialisation.
-        log_every: write averaged metrics every this many updates.
+        log_every: write averaged metrics (and a progress line) every this many updates.
         eval_every: call the eval hook every this many updates (0: never during training).
         sample_every: call the sample hook every this many updates (0: never during training).
         checkpoint_every: write a checkpoint every this many updates (and always at the end).
@@ -186,6 +442,11 @@ class Trainer:
         bf16: run the objective under bfloat16 autocast (CUDA only).
         device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``; set by the runner, not by gin. Under DDP on
             CUDA each rank uses ``cuda:LOCAL_RANK``.
+
+    Raises:
+        TypeError: an argument of the wrong type (the message names ``Trainer.<argument>``).
+        ValueError: an argument out of its range, a fractional count, or an unsupported or
+            unavailable device.
     """
 
     def __init__(
@@ -208,43 +469,48 @@ class Trainer:
         bf16: bool = False,
         device: str | torch.device = "cpu",
     ):
-        for name, value in [("num_steps", num_steps), ("batch_size", batch_size),
-                            ("log_every", log_every), ("checkpoint_every", checkpoint_every),
-                            ("keep_checkpoints", keep_checkpoints)]:
-            if int(value) < 1:
-                raise ValueError(f"Trainer.{name} must be >= 1; got {value}.")
-        for name, value in [("warmup_steps", warmup_steps), ("eval_every", eval_every),
-                            ("sample_every", sample_every)]:
-            if int(value) < 0:
-                raise ValueError(f"Trainer.{name} must be >= 0 (0 disables); got {value}.")
-        if not lr > 0:
-            raise ValueError(f"Trainer.lr must be positive; got {lr}.")
-        if not 0.0 < lr_decay <= 1.0:
-            raise ValueError(f"Trainer.lr_decay must be in (0, 1]; got {lr_decay}.")
-        if not 0.0 <= ema_decay < 1.0:
-            raise ValueError(f"Trainer.ema_decay must be in [0, 1); got {ema_decay}.")
-        if grad_clip is not None and not grad_clip > 0:
-            raise ValueError(f"Trainer.grad_clip must be positive or None (no clipping); got {grad_clip}.")
-        self.num_steps = int(num_steps)
-        self.batch_size = int(batch_size)
-        self.lr = float(lr)
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = float(eps)
-        self.warmup_steps = int(warmup_steps)
-        self.lr_decay = float(lr_decay)
+        self.num_steps = _integer("num_steps", num_steps, 1)
+        self.batch_size = _integer("batch_size", batch_size, 1)
+        self.log_every = _integer("log_every", log_every, 1)
+        self.checkpoint_every = _integer("checkpoint_every", checkpoint_every, 1)
+        self.keep_checkpoints = _integer("keep_checkpoints", keep_checkpoints, 1)
+        self.warmup_steps = _integer("warmup_steps", warmup_steps, 0, " (0 disables)")
+        self.eval_every = _integer("eval_every", eval_every, 0, " (0 disables)")
+        self.sample_every = _integer("sample_every", sample_every, 0, " (0 disables)")
+        self.seed = _integer("seed", seed, None)
+        if abs(self.seed) >= _SEED_LIMIT:
+            raise ValueError(
+                f"Trainer.seed must be between -{_SEED_LIMIT - 1} and {_SEED_LIMIT - 1}; got {seed!r}.")
+        self.lr = _real("lr", lr)
+        if not self.lr > 0:
+            raise ValueError(f"Trainer.lr must be positive; got {lr!r}.")
+        self.lr_decay = _real("lr_decay", lr_decay)
+        if not 0.0 < self.lr_decay <= 1.0:
+            raise ValueError(f"Trainer.lr_decay must be in (0, 1] (1.0: no decay); got {lr_decay!r}.")
+        self.ema_decay = _real("ema_decay", ema_decay)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"Trainer.ema_decay must be in [0, 1); got {ema_decay!r}.")
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
+            raise TypeError(f"Trainer.betas must be a pair (beta1, beta2); got {betas!r}.")
+        self.betas = (_real("betas", betas[0]), _real("betas", betas[1]))
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"Trainer.betas must both be in [0, 1); got {betas!r}.")
+        self.eps = _real("eps", eps)
+        if self.eps < 0:
+            raise ValueError(f"Trainer.eps must be >= 0; got {eps!r}.")
+        if grad_clip is not None:
+            if isinstance(grad_clip, bool) or not isinstance(grad_clip, numbers.Real):
+                raise TypeError(f"Trainer.grad_clip must be a number or None (no clipping); got {grad_clip!r}.")
+            if not grad_clip > 0:
+                raise ValueError(f"Trainer.grad_clip must be positive or None (no clipping); got {grad_clip!r}.")
         self.grad_clip = None if grad_clip is None else float(grad_clip)
-        self.ema_decay = float(ema_decay)
-        self.seed = int(seed)
-        self.log_every = int(log_every)
-        self.eval_every = int(eval_every)
-        self.sample_every = int(sample_every)
-        self.checkpoint_every = int(checkpoint_every)
-        self.keep_checkpoints = int(keep_checkpoints)
+        if not isinstance(bf16, bool):
+            raise TypeError(f"Trainer.bf16 must be True or False; got {bf16!r}.")
         self.dist = DistInfo.from_env()
         self.device = self._resolve_device(device)
         if bf16 and self.device.type != "cuda":
             raise ValueError("Trainer.bf16 = True needs a CUDA device (--device=cuda); on CPU leave it False.")
-        self.bf16 = bool(bf16)
+        self.bf16 = bf16
         if self.batch_size % self.dist.world_size:
             raise ValueError(
                 f"Trainer.batch_size = {self.batch_size} is the global batch and must be divisible by "
@@ -252,15 +518,27 @@ class Trainer:
             )
 
     def _resolve_device(self, device: str | torch.device) -> torch.device:
-        device = torch.device(device)
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"device {device} requested but CUDA is not available; use --device=cpu.")
-            if self.dist.distributed:
-                device = torch.device("cuda", self.dist.local_rank)
-        elif device.type != "cpu":
-            raise ValueError(f"unsupported device {device}; use 'cpu', 'cuda' or 'cuda:N'.")
-        return device
+        if isinstance(device, torch.device):
+            spec = str(device) if device.type != "cpu" else "cpu"
+        elif isinstance(device, str):
+            spec = device.strip().lower()
+        else:
+            raise TypeError(f"device must be a string ({_DEVICE_CHOICES}); got {device!r}.")
+        match = re.fullmatch(r"cpu|cuda(?::(\d+))?", spec)
+        if match is None:
+            raise ValueError(f"unsupported device {device!r} (--device); choose {_DEVICE_CHOICES}.")
+        if spec == "cpu":
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available on this machine; "
+                             "use --device=cpu.")
+        count = torch.cuda.device_count()
+        if match.group(1) is not None and int(match.group(1)) >= count:
+            raise ValueError(f"device {device!r} requested but this machine has {count} CUDA device(s) "
+                             f"(cuda:0 to cuda:{count - 1}); choose one of those or 'cuda'.")
+        if self.dist.distributed:
+            return torch.device("cuda", self.dist.local_rank)
+        return torch.device(spec)
 
     def seed_everything(self) -> None:
         """Seed torch's global RNG with ``seed`` (call before building the model for identical init)."""
@@ -314,15 +592,98 @@ class Trainer:
             "gin_config": gin.operative_config_str(),
         }
 
-    def _save_checkpoint(self, workdir: Path, state: dict) -> None:
+    def _save_checkpoint(self, workdir: Path, state: dict) -> Path:
+        """Write ``state`` atomically as ``ckpt_<step>.pt`` (rank 0) and delete the oldest beyond
+        ``keep_checkpoints`` (never the one just written); returns its path (on every rank)."""
+        ckpt_dir = workdir / CHECKPOINT_DIR
+        path = ckpt_dir / f"ckpt_{state['step']:08d}.pt"
         self._barrier()
         if self.dist.is_main:
-            ckpt_dir = workdir / CHECKPOINT_DIR
-            atomic_torch_save(state, ckpt_dir / f"ckpt_{state['step']:08d}.pt")
+            atomic_torch_save(state, path)
             found = sorted((int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _CKPT_RE.match(p.name)))
             for _, old in found[: -self.keep_checkpoints]:
-                old.unlink()
+                if old != path:
+                    old.unlink()
         self._barrier()
+        return path
+
+    @staticmethod
+    def _remove_stale_temp_files(ckpt_dir: Path) -> None:
+        """Delete temporary files of checkpoint writes that a killed run left behind."""
+        if not ckpt_dir.is_dir():
+            return
+        stale = sorted(p for p in ckpt_dir.iterdir() if _CKPT_TMP_RE.match(p.name) and p.is_file())
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            logging.info("removed %d temporary file(s) of interrupted checkpoint writes in %s: %s",
+                         len(stale), ckpt_dir, ", ".join(p.name for p in stale))
+
+    def _apply_configured_hyperparameters(self, optimizer: torch.optim.Optimizer, scheduler: Any) -> list[str]:
+        """Overwrite the hyperparameters restored from a checkpoint with the configured ones.
+
+        After ``load_state_dict`` the optimizer's param groups and the scheduler's base learning
+        rates are the checkpoint's; this sets the base learning rate, betas, eps and weight decay to
+        the Trainer's values and the current learning rate to what the configured schedule gives for
+        the next update. With an unchanged configuration every value is set to what it already was.
+
+        Returns:
+            Descriptions of the values that changed, e.g. ``"Trainer.lr: 0.001 -> 0.0005"``.
+        """
+        configured = {"initial_lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": 0.0}
+        names = {"initial_lr": "Trainer.lr", "betas": "Trainer.betas", "eps": "Trainer.eps",
+                 "weight_decay": "Adam weight_decay"}
+        changes: list[str] = []
+        for group in optimizer.param_groups:
+            for key, value in configured.items():
+                old = group.get(key)
+                old = tuple(old) if key == "betas" and old is not None else old
+                if old != value:
+                    change = f"{names[key]}: {old} -> {value}"
+                    if change not in changes:
+                        changes.append(change)
+                group[key] = value
+        scheduler.base_lrs = [self.lr for _ in optimizer.param_groups]
+        # The same expression LambdaLR.get_lr evaluates: base_lr * lambda(last_epoch).
+        lrs = [base * fn(scheduler.last_epoch) for fn, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+        scheduler._last_lr = list(lrs)
+        return changes
+
+    def _divergence_error(self, update: int, what: str, last_good: tuple[Path, int] | None) -> FloatingPointError:
+        """The error for a non-finite loss, gradient or weights at ``update`` (1-based)."""
+        if last_good is None:
+            where = ("No checkpoint had been written yet, so rerunning in the same workdir starts "
+                     "from scratch")
+        else:
+            where = (f"The last good checkpoint, {last_good[0]} (step {last_good[1]}), is intact: "
+                     "rerun in the same workdir to resume from it")
+        advice = (f"with a smaller learning rate, e.g. --gin_bindings='Trainer.lr = {self.lr / 2:.6g}' "
+                  f"(half of {self.lr:g})")
+        if self.grad_clip is None or self.grad_clip > 1.0:
+            advice += ", or with gradient clipping, --gin_bindings='Trainer.grad_clip = 1.0'"
+        return FloatingPointError(
+            f"training diverged at update {update} (after {update - 1} completed updates): {what}. "
+            f"Nothing from the diverged update was saved. {where} {advice}; values changed on resume "
+            "replace the checkpoint's optimizer settings."
+        )
+
+    def _log_resume(self, ckpt_path: Path, state: dict, step: int, changes: list[str]) -> None:
+        logging.info("resuming from checkpoint %s (step %d of Trainer.num_steps = %d)", ckpt_path, step,
+                     self.num_steps)
+        if changes:
+            logging.warning(
+                "resuming with optimizer settings that differ from the checkpoint's; the configured "
+                "ones apply from update %d on (learning rate %.6g): %s", step + 1,
+                self.lr * lr_factor(step + 1, self.warmup_steps, self.lr_decay), "; ".join(changes))
+        stored = state.get("gin_config")
+        if isinstance(stored, str) and stored:
+            current = gin.operative_config_str() + "\n" + gin.config_str()
+            diff = gin_config_diff(stored, current, f"{ckpt_path.name} (gin config)", "current gin config")
+            if diff:
+                logging.info("the gin configuration differs from the checkpoint's (the current one applies):\n%s",
+                             diff)
 
     def fit(
         self,
@@ -337,6 +698,10 @@ class Trainer:
         writer: Any = None,
     ) -> nn.Module:
         """Train ``model`` on ``data`` until ``num_steps`` updates, resuming from ``workdir``.
+
+        Resuming takes the newest usable checkpoint of ``workdir`` (newer unusable ones are
+        reported and renamed to ``*.corrupt``), applies the configured hyperparameters over the
+        checkpoint's optimizer state and logs how the gin configuration changed.
 
         Args:
             model: the model (its parameters are trained in place; moved to the device).
@@ -354,10 +719,17 @@ class Trainer:
             The EMA model (on the device, eval mode).
 
         Raises:
-            FloatingPointError: if a loss is NaN or infinite (names the step and the metrics).
+            FloatingPointError: a loss or gradient norm is NaN or infinite (checked before the
+                update), or the weights are not finite at a checkpoint (checked before writing it);
+                the message names the update, the last good checkpoint and what to change.
+            CheckpointError: the workdir holds checkpoints but none is usable.
         """
         workdir = Path(workdir)
+        main = self.dist.is_main
+        t_start = time.monotonic()
         self._init_process_group()
+        if main:
+            self._remove_stale_temp_files(workdir / CHECKPOINT_DIR)
         model = model.to(self.device)
         ema = copy.deepcopy(model).eval().requires_grad_(False)
         optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, betas=self.betas, eps=self.eps,
@@ -366,18 +738,38 @@ class Trainer:
             optimizer, lambda i: lr_factor(i + 1, self.warmup_steps, self.lr_decay))
 
         step = 0
-        ckpt_path = latest_checkpoint(workdir)
-        if ckpt_path is not None:
-            state = load_checkpoint(ckpt_path, map_location=self.device)
+        last_good: tuple[Path, int] | None = None
+        found = _newest_usable(workdir, self.device, log=main)
+        if found is not None:
+            ckpt_path, state, skipped = found
             load_weights(model, state["model"], ckpt_path)
             load_weights(ema, state["ema"], ckpt_path)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            changes = self._apply_configured_hyperparameters(optimizer, scheduler)
             torch.set_rng_state(state["rng"]["torch"].cpu())
             if "cuda" in state["rng"] and self.device.type == "cuda":
                 torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), self.device)
             step = int(state["step"])
-        if self.dist.is_main:
+            last_good = (ckpt_path, step)
+            self._barrier()  # every rank has read its files before rank 0 renames the unusable ones
+            if main:
+                for bad in skipped:
+                    bad.replace(bad.with_name(bad.name + ".corrupt"))
+                    logging.warning("renamed the unusable checkpoint %s to %s.corrupt (kept for inspection; "
+                                    "delete it when not needed)", bad, bad.name)
+                self._log_resume(ckpt_path, state, step, changes)
+                if step >= self.num_steps:
+                    logging.warning(
+                        "nothing left to train: the checkpoint %s is at step %d and Trainer.num_steps = %d. "
+                        "To train longer, set a larger Trainer.num_steps, e.g. "
+                        "--gin_bindings='Trainer.num_steps = %d'.", ckpt_path, step, self.num_steps, 2 * step)
+            del state
+        elif main:
+            logging.info("training from scratch: %d updates of batch %d in %s", self.num_steps,
+                         self.batch_size, workdir)
+        start_step = step
+        if main:
             workdir.mkdir(parents=True, exist_ok=True)
             # Records logged after the resumed checkpoint belong to steps that are redone now.
             truncate_jsonl(workdir / METRICS_FILE, lambda r: r.get("step", 0) <= step)
@@ -389,7 +781,7 @@ class Trainer:
 
         sums: dict[str, float] = {}
         count = 0
-        t_last = time.time()
+        t_last = time.monotonic()
         model.train()
         while step < self.num_steps:
             idx = self.batch_indices(step, data.shape[0])
@@ -399,18 +791,26 @@ class Trainer:
                 loss, metrics = wrapped(batch)
             if loss.ndim != 0:
                 raise ValueError(f"the objective must return a scalar loss; got shape {tuple(loss.shape)}.")
-            if not torch.isfinite(loss):
+            finite = bool(torch.isfinite(loss))
+            if self.dist.distributed:  # every rank stops when one rank's loss is not finite
+                flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
+                dist.all_reduce(flag)
+                finite = not bool(flag.item() > 0)
+            if not finite:
                 shown = {k: _metric_value(v) for k, v in metrics.items()}
-                raise FloatingPointError(
-                    f"non-finite loss {loss.item()} at update {step + 1} (after {step} completed "
-                    f"updates); metrics: {shown}. Lower Trainer.lr, raise Trainer.warmup_steps, or "
-                    "set Trainer.grad_clip."
-                )
+                value = loss.item()
+                what = (f"the loss is {value}; metrics: {shown}" if not math.isfinite(value) else
+                        f"the loss of another DDP process is not finite (here {value:.6g}; metrics: {shown})")
+                raise self._divergence_error(step + 1, what, last_good)
             optimizer.zero_grad(set_to_none=True)
             loss.float().backward()
             # With max_norm = inf the gradient is only measured (its scale factor is exactly 1).
             max_norm = math.inf if self.grad_clip is None else self.grad_clip
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            if not bool(torch.isfinite(grad_norm)):
+                raise self._divergence_error(
+                    step + 1, f"the gradient norm is {float(grad_norm)} (the loss, {loss.item():.6g}, is "
+                    "finite); the update was not applied", last_good)
             lr_now = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
@@ -424,23 +824,35 @@ class Trainer:
                 if k != "loss":
                     sums[k] = sums.get(k, 0.0) + _metric_value(v)
             count += 1
-            if self.dist.is_main and step % self.log_every == 0:
-                now = time.time()
+            if main and step % self.log_every == 0:
+                now = time.monotonic()
                 record = {k: v / count for k, v in sums.items()}
-                record.update(step=step, lr=lr_now, grad_norm=float(grad_norm),
-                              steps_per_s=count / max(now - t_last, 1e-9))
+                rate = count / max(now - t_last, 1e-9)
+                record.update(step=step, lr=lr_now, grad_norm=float(grad_norm), steps_per_s=rate)
                 self._log(workdir, writer, step, record, prefix="train")
+                logging.info("step %d/%d: loss %.6g, lr %.3g, %.3g steps/s, ETA %s", step, self.num_steps,
+                             record["loss"], lr_now, rate, format_duration((self.num_steps - step) / rate))
                 sums, count, t_last = {}, 0, now
             for every, hook, name in ((self.eval_every, eval_hook, "eval"),
                                       (self.sample_every, sample_hook, "sample")):
-                if hook is not None and every and step % every == 0 and self.dist.is_main:
+                if hook is not None and every and step % every == 0 and main:
                     out = hook(step, ema)
                     if out:
                         self._log(workdir, writer, step, dict(out, step=step), prefix=name)
             if step % self.checkpoint_every == 0 or step == self.num_steps:
-                self._save_checkpoint(workdir, self._checkpoint_state(step, model, ema, optimizer, scheduler))
+                bad = _nonfinite_entries({"model": model.state_dict(), "ema": ema.state_dict()})
+                if bad:
+                    raise self._divergence_error(
+                        step, f"the weights are not finite after this update ({_shorten(bad)}), so its "
+                        "checkpoint was not written", last_good)
+                path = self._save_checkpoint(workdir, self._checkpoint_state(step, model, ema, optimizer, scheduler))
+                last_good = (path, step)
         if writer is not None:
             writer.flush()
+        if main:
+            logging.info("training finished at step %d/%d: %d updates in %s; last checkpoint: %s", step,
+                         self.num_steps, step - start_step, format_duration(time.monotonic() - t_start),
+                         last_good[0] if last_good else "none")
         return ema.eval()
 
     @staticmethod

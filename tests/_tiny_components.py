@@ -8,6 +8,8 @@ as ``tests._tiny_components`` so that gin registers each name once.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import math
 
 import gin
@@ -104,3 +106,29 @@ def ddp_train_worker(rank: int, world: int, port: int, workdir: str, data: Tenso
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+TINY_GIN = str(Path(__file__).resolve().parent / "gin" / "tiny.gin")
+FAST_BINDINGS = ["Trainer.num_steps = 4", "Trainer.eval_every = 0", "Trainer.sample_every = 0",
+                 "Trainer.log_every = 2", "Trainer.checkpoint_every = 4"]
+
+
+def tiny_trainer(**kw):
+    """A Trainer for the tiny categorical model: 6 updates of batch 8, a checkpoint every update."""
+    from hybrids.training import Trainer
+
+    base = dict(num_steps=6, batch_size=8, lr=0.1, warmup_steps=0, grad_clip=None, ema_decay=0.5,
+                log_every=1, checkpoint_every=1, keep_checkpoints=100)
+    base.update(kw)
+    return Trainer(**base)
+
+
+class IIDLevels(nn.Module):
+    """Every pixel i.i.d. with level probabilities ``probs [K]``: an exact discrete likelihood."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.log_probs = probs.log()
+
+    def discrete_log_prob(self, k):
+        return self.log_probs[k].flatten(1).sum(1)

@@ -16,10 +16,9 @@ if str(REPO_ROOT) not in sys.path:  # `tests._tiny_components` must be importabl
 
 from experiments.ablate import cell_bindings, cell_name, grid_cells, parse_grid, run_grid, to_gin_literal  # noqa: E402
 from hybrids.io import read_json  # noqa: E402
+from tests._tiny_components import FAST_BINDINGS, TINY_GIN  # noqa: E402
 
-TINY = str(REPO_ROOT / "tests" / "gin" / "tiny.gin")
-FAST = ["Trainer.num_steps = 4", "Trainer.eval_every = 0", "Trainer.sample_every = 0",
-        "Trainer.log_every = 2", "Trainer.checkpoint_every = 4"]
+TINY, FAST = TINY_GIN, FAST_BINDINGS
 
 
 @pytest.fixture(autouse=True)
@@ -152,3 +151,24 @@ def test_subprocess_cell_records_its_error(tmp_path):
     assert rows[0]["error"].startswith("error: ValueError: Trainer.lr must be positive; got -1.0.")
     log = (tmp_path / rows[0]["cell"] / "run.log").read_text()
     assert "-m experiments.run" in log and "Traceback" in log
+
+
+def test_seeds_add_a_seed_axis_and_a_summary_over_seeds(tmp_path):
+    """--seeds=2 runs each cell with Trainer.seed = 0 and 1 and summarises each setting as the
+    mean ± sd of its two seeds (checked against the per-seed results)."""
+    import statistics
+
+    rows = run_grid([TINY], {"Trainer.lr": [0.05, 0.01]}, tmp_path, gin_bindings=FAST, mode="all",
+                    in_process=True, seeds=2)
+    assert [r["bindings"]["Trainer.seed"] for r in rows] == [0, 1, 0, 1] and all(r["status"] == "done" for r in rows)
+    with open(tmp_path / "summary_over_seeds.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [float(t["Trainer.lr"]) for t in table] == [0.05, 0.01] and all(t["seeds done"] == "2" for t in table)
+    for t, pair in zip(table, (rows[:2], rows[2:])):
+        vals = [r["results"]["tiny_nll_eval.nll"] for r in pair]
+        assert vals[0] != vals[1]  # the seeds differ
+        assert float(t["tiny_nll_eval.nll mean"]) == pytest.approx(statistics.mean(vals))
+        assert float(t["tiny_nll_eval.nll sd"]) == pytest.approx(statistics.stdev(vals))
+    assert "±" in (tmp_path / "summary_over_seeds.md").read_text()
+    with pytest.raises(ValueError, match="not both"):
+        run_grid([TINY], {"Trainer.seed": [0, 1]}, tmp_path / "x", seeds=2)

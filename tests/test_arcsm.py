@@ -13,6 +13,7 @@ from hybrids.hooks import (ar_langevin_sampler, denoise_eval, denoise_images, de
 from hybrids.likelihood.density_grid import conditional_density_grid
 from hybrids.models.heads import diagonal_conditional_scores
 from hybrids.models.made import MADEConditionalScore
+from tests._tiny_components import IIDLevels
 
 CPU = torch.device("cpu")
 
@@ -109,15 +110,6 @@ def test_anomaly_score_separates_noise_from_near_constant_images():
         score_norm_anomaly_eval(model, data, device=CPU, generator=_gen(), ood=("rotated",))
 
 
-class IIDLevels(nn.Module):
-    """Every pixel i.i.d. with level probabilities ``probs [K]``: an exact discrete likelihood."""
-
-    def __init__(self, probs):
-        super().__init__()
-        self.log_probs = probs.log()
-
-    def discrete_log_prob(self, k):
-        return self.log_probs[k].flatten(1).sum(1)
 
 
 def test_density_anomaly_eval_scores_by_exact_bits_per_dim():

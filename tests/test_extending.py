@@ -104,7 +104,7 @@ def test_the_new_objective_and_sampler_run_end_to_end_under_the_smoke_preset(doc
     gin.clear_config()
     out = run_experiment([str(doc_dir / "annealed_langevin_ve.gin"), *SMOKE], workdir=doc_dir / "al", mode="all")
     assert (doc_dir / "al" / "samples" / "annealed_langevin_sampler_samples.png").exists()
-    # The smoke preset never names the new sampler, yet its Budget shrank it: 5 steps in all.
+    # The smoke preset never names the new sampler, yet its Budget shrank it: 20 steps in all.
     config = (doc_dir / "al" / "operative_config.gin").read_text()
-    assert "Budget.num_steps = 5" in config
+    assert "Budget.num_steps = 20" in config
 

@@ -22,7 +22,7 @@ LAYERS = {
     "objectives": 5,
     "samplers": 6,
     "toolkit": 7, "training": 7,
-    "hooks": 8,
+    "hooks": 8, "runs": 8,
 }
 
 

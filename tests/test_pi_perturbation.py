@@ -5,24 +5,15 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 from hybrids.data import ArrayDataset
 from hybrids.hooks import pi_perturbation_eval
+from tests._tiny_components import IIDLevels
 
 CPU = torch.device("cpu")
 K = 8
 
 
-class IIDLevels(nn.Module):
-    """Every pixel i.i.d. with level probabilities ``probs [K]``: per-pixel log-probs are known."""
-
-    def __init__(self, probs):
-        super().__init__()
-        self.log_probs = probs.log()
-
-    def discrete_log_prob(self, k):
-        return self.log_probs[k].flatten(1).sum(1)
 
 
 def _expected_change(log_probs, k, only_interior):

@@ -8,6 +8,9 @@ import pytest
 
 from experiments.reproduce import get_table, reproduce
 from experiments.tables import SCALES, TABLES
+from hybrids.io import flatten_results
+from hybrids import load_run
+from hybrids.io import read_json
 
 
 def test_every_row_file_of_every_table_exists():
@@ -52,6 +55,11 @@ def test_smoke_scale_runs_end_to_end_and_resumes(name, tmp_path):
             assert float(line[header.index(f"{column} (paper)")]) == pytest.approx(value)
     md = (tmp_path / "table.md").read_text()
     assert table.title in md and "python -m experiments.run" in md
+    # every row's trained model comes back from its workdir
+    for row in table.rows:
+        run = load_run(tmp_path / row.slug)
+        assert run.step == read_json(tmp_path / row.slug / "results.json")["step"]
+        assert not run.model.training and run.dataset_name
     # a second call collects the finished rows instead of rerunning them
     again = reproduce(name, "smoke", tmp_path, collect_only=True)
     assert all(r["status"] == "collected" for r in again)
@@ -100,3 +108,36 @@ def test_row_command_names_every_file_binding_and_the_data_dir():
     assert all(f"--gin_bindings='{b}'" in command for b in (*row.bindings, "Trainer.num_steps = 5"))
     assert command.endswith(f"--data_dir=/data/mnist --workdir=runs/{row.slug} --mode=all")
     assert "--data_dir" not in row.command("cpu")
+
+
+@pytest.mark.slow
+def test_seeds_train_each_row_n_times_and_report_mean_and_sd(tmp_path):
+    """--seeds=2: each selected row is trained twice (seed_0, seed_1 with Trainer.seed = 0, 1),
+    the table reports the mean of the two trainings' results and their standard deviation, and a
+    second call collects instead of retraining."""
+    import json
+    import statistics
+
+    table = TABLES["gps"]
+    row = table.rows[0]
+    out = reproduce("gps", "smoke", tmp_path, in_process=True, rows=[row.slug], seeds=2)
+    first = next(r for r in out if r["row"] == row.label)
+    assert first["status"] == "done" and first["n_seeds"] == 2
+    col = table.columns[0]
+    values = []
+    for i in range(2):
+        run_dir = tmp_path / row.slug / f"seed_{i}"
+        assert f"Trainer.seed = {i}" in (run_dir / "config.gin").read_text()
+        flat = flatten_results(json.loads((run_dir / "results.json").read_text())["results"])
+        values.append(col.value(flat))
+    assert first["ours"][col.name] == pytest.approx(statistics.mean(values))
+    assert first["ours_sd"][col.name] == pytest.approx(statistics.stdev(values))
+    md = (tmp_path / "table.md").read_text()
+    assert "mean ± standard deviation over 2 trainings" in md and "Trainer.seed = <i>" in md
+    with open(tmp_path / "table.csv") as f:
+        header = next(csv.reader(f))
+    assert f"{col.name} (ours sd)" in header and "trainings" in header
+    again = reproduce("gps", "smoke", tmp_path, collect_only=True, seeds=2)
+    assert next(r for r in again if r["row"] == row.label)["ours"] == first["ours"]
+    with pytest.raises(ValueError, match="seeds"):
+        reproduce("gps", "smoke", tmp_path, seeds=0)

@@ -198,3 +198,126 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     records = read_jsonl(tmp_path / "two" / "metrics.jsonl")
     assert [r["step"] for r in records if r["kind"] == "train"] == [5, 10, 15, 20]
     assert read_json(tmp_path / "two" / "results.json")["results"]["tiny_nll_eval"]["n"] == 128
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults: a failing run leaves the workdir's configuration files as they were.
+def _configs(workdir: Path) -> dict[str, tuple[bytes, int]]:
+    return {name: ((workdir / name).read_bytes(), (workdir / name).stat().st_mtime_ns)
+            for name in ("config.gin", "operative_config.gin")}
+
+
+def test_checkpoint_of_another_configuration_keeps_the_config_files(tmp_path):
+    workdir = tmp_path / "run"
+    run_experiment([TINY], ["Trainer.num_steps = 5"], workdir=workdir, mode="train")
+    before = _configs(workdir)
+    for mode in ("train", "eval"):
+        gin.clear_config()
+        with pytest.raises(ValueError, match="does not fit the configured model.*new --workdir"):
+            run_experiment([TINY], ["Trainer.num_steps = 10", "TinyCategorical.shape = (1, 4, 4)"],
+                           workdir=workdir, mode=mode)
+        assert _configs(workdir) == before
+    assert latest_checkpoint(workdir).name == "ckpt_00000005.pt"
+
+
+def test_a_run_failing_before_training_keeps_the_config_files(tmp_path):
+    workdir = tmp_path / "run"
+    run_experiment([TINY], ["Trainer.num_steps = 5"], workdir=workdir, mode="train")
+    before = _configs(workdir)
+    gin.clear_config()
+    with pytest.raises(ValueError, match="fewer than Trainer.batch_size"):
+        run_experiment([TINY], ["Trainer.num_steps = 10", "Trainer.batch_size = 100000"], workdir=workdir,
+                       mode="train")
+    assert _configs(workdir) == before
+    gin.clear_config()
+    with pytest.raises(ValueError, match="TinyNLL.num_levels = 17"):
+        run_experiment([TINY], ["TinyNLL.num_levels = 5"], workdir=workdir, mode="train")
+    assert _configs(workdir) == before
+
+
+def test_eval_without_a_checkpoint_writes_no_config(tmp_path):
+    workdir = tmp_path / "empty"
+    with pytest.raises(FileNotFoundError, match="no checkpoint .*--mode=train"):
+        run_experiment([TINY], workdir=workdir, mode="sample")
+    assert not (workdir / "config.gin").exists() and not (workdir / "operative_config.gin").exists()
+
+
+def test_a_workdir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    with pytest.raises(ValueError, match=r"--workdir .*notes.txt is an existing file, not a directory; pass a"):
+        run_experiment([TINY], workdir=path, mode="train")
+    gin.clear_config()
+    with pytest.raises(ValueError, match=r"cannot be created: .*notes.txt is a file"):
+        run_experiment([TINY], workdir=path / "run", mode="train")
+    assert path.read_text() == "mine"
+
+
+def test_an_unwritable_workdir_is_refused(tmp_path, monkeypatch):
+    import experiments.runner as runner
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(runner.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(ValueError, match=r"--workdir .*run is not writable.*Permission denied.*fix the permissions"):
+        run_experiment([TINY], workdir=tmp_path / "run", mode="train")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="POSIX permissions; root ignores them")
+def test_a_read_only_workdir_is_refused(tmp_path):
+    workdir = tmp_path / "ro"
+    workdir.mkdir()
+    workdir.chmod(0o555)
+    try:
+        with pytest.raises(ValueError, match="is not writable"):
+            run_experiment([TINY], workdir=workdir, mode="train")
+    finally:
+        workdir.chmod(0o755)
+
+
+def test_model_num_levels_must_match_the_data(tmp_path):
+    with pytest.raises(ValueError,
+                       match=r"model TinyCategorical has num_levels = 9 .*`TinyCategorical.num_levels = 17`"):
+        run_experiment([TINY], ["TinyCategorical.num_levels = 9"], workdir=tmp_path / "w", mode="train")
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("binding", ["Trainer.num_steps = 'many'", "TinyCategorical.shape = 'big'"])
+def test_wrong_value_types_name_the_bindings(tmp_path, binding):
+    with pytest.raises((TypeError, ValueError)) as info:
+        run_experiment([TINY], [binding], workdir=tmp_path / "w", mode="train")
+    message = str(info.value)
+    assert "check the value types of the bindings" in message and repr(binding) in message
+
+
+def test_unknown_device_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown device 'garbage' \(--device\); use cpu, cuda or cuda:N"):
+        run_experiment([TINY], workdir=tmp_path / "w", device="garbage")
+
+
+@pytest.mark.parametrize("flag, last_line", [
+    ("--device=garbage", "error: ValueError: unknown device 'garbage' (--device)"),
+    ("--gin_bindings=Trainer.num_steps = 'many'", "check the value types of the bindings"),
+    ("--workdir={file}", "is an existing file, not a directory"),
+])
+def test_cli_bad_input_ends_in_one_error_line(tmp_path, flag, last_line):
+    file = tmp_path / "a_file"
+    file.write_text("")
+    cmd = [sys.executable, "-m", "experiments.run", f"--gin_file={TINY}", f"--workdir={tmp_path / 'w'}",
+           flag.format(file=file)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=_env())
+    assert proc.returncode == 2, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and last_line in last
+
+
+@pytest.mark.parametrize("binding, words", [("IMAGE_SHAPE = (1, 28, 28)", "image_shape"),
+                                            ("NUM_LEVELS = 256", "num_levels")])
+def test_row_macros_that_disagree_with_the_data_fail_clearly(tmp_path, binding, words):
+    """A row's data macros (IMAGE_SHAPE, NUM_LEVELS) that do not match the dataset (the 8x8,
+    17-level digits of presets/cpu_small.gin) fail before training, naming what disagrees."""
+    with pytest.raises(ValueError, match=words):
+        run_experiment(["pixelcnnpp_mle.gin", "presets/cpu_small.gin", "presets/smoke.gin"], [binding],
+                       workdir=tmp_path / "run", mode="train")

@@ -16,7 +16,7 @@ if str(REPO_ROOT) not in sys.path:  # `tests._tiny_components` must be importabl
 
 from hybrids.io import atomic_torch_save, atomic_write, read_jsonl  # noqa: E402
 from hybrids.training import Trainer, ema_update, latest_checkpoint, load_checkpoint, load_ema  # noqa: E402
-from tests._tiny_components import TinyCategorical, TinyNLL, ddp_train_worker  # noqa: E402
+from tests._tiny_components import TinyCategorical, TinyNLL, ddp_train_worker, tiny_trainer  # noqa: E402
 
 K = 5
 SHAPE = (1, 2, 2)
@@ -30,11 +30,7 @@ def _model() -> TinyCategorical:
     return TinyCategorical(shape=SHAPE, num_levels=K)
 
 
-def _trainer(**kw) -> Trainer:
-    base = dict(num_steps=6, batch_size=8, lr=0.1, warmup_steps=0, grad_clip=None, ema_decay=0.5,
-                log_every=1, checkpoint_every=1, keep_checkpoints=100)
-    base.update(kw)
-    return Trainer(**base)
+_trainer = tiny_trainer
 
 
 class NoisyNLL(TinyNLL):

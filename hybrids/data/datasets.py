@@ -22,7 +22,14 @@ Files are read from ``data_dir`` (default ``$HYBRIDS_DATA``, else ``~/.cache/hyb
 * toys ('checkerboard', '8gaussians', 'rings', 'moons', 'swissroll', 'pinwheel'): generated,
   50_000 train points with seed 0 and 10_000 test points with seed 1 by default.
 
-The pickled CIFAR-10 batches are unpickled: only read files you trust.
+The pickled CIFAR-10 batches are unpickled: only read files you trust. npz files are read with
+``allow_pickle=False``.
+
+Files are validated as they are read, and every problem is a ``ValueError`` naming the file:
+an unreadable file (truncated, corrupt, not an npz archive or IDX file) with the keys or layout
+expected; missing keys; images that are not integer levels (e.g. float arrays scaled to [0, 1],
+with the conversion to uint8 levels); levels outside 0..K-1; image shapes other than the
+dataset's; labels that are not integers or whose count differs from the images'.
 """
 from __future__ import annotations
 
@@ -30,7 +37,10 @@ import dataclasses
 import gzip
 import os
 import pickle
+import zipfile
+import zlib
 from pathlib import Path
+from typing import Sequence
 
 import gin
 import numpy as np
@@ -144,8 +154,16 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, zlib.error) as err:  # gzip.BadGzipFile is an OSError
+        raise ValueError(
+            f"{path} could not be read ({type(err).__name__}: {err}); the file is truncated or "
+            "corrupt (or not gzip data despite the .gz name). Download it again."
+        ) from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4]!r})")
     dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
@@ -166,6 +184,122 @@ def _find_idx(directory: Path, stem: str) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+# ---------------------------------------------------------------------------------- validation
+# What np.load / NpzFile.__getitem__ raise for a truncated, corrupt or pickled file.
+_NPZ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error)
+# What unpickling a truncated or foreign file raises.
+_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError,
+                  IndexError, KeyError, OverflowError)
+
+
+def _npz_problem(err: BaseException) -> str:
+    if isinstance(err, zipfile.BadZipFile):
+        return "it is not a valid npz (zip) archive: truncated, corrupt or another format"
+    if isinstance(err, EOFError):
+        return "it is empty or ends early (truncated)"
+    if isinstance(err, ValueError) and "pickle" in str(err).lower():
+        return ("it holds pickled Python objects (or is not an npz file at all), which hybrids does "
+                "not load; store plain numeric arrays")
+    return f"{type(err).__name__}: {err}"
+
+
+def _read_npz(path: Path, keys: Sequence[str], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (and those of ``optional`` that are present) of an npz archive.
+
+    Read with ``allow_pickle=False``.
+
+    Raises:
+        ValueError: the file cannot be read as an npz archive, or a key is missing; the message
+            names the file, the keys expected and the keys found.
+    """
+    expected = ", ".join(keys) + (f" (optional: {', '.join(optional)})" if optional else "")
+
+    def unreadable(err: BaseException) -> ValueError:
+        return ValueError(
+            f"{path} could not be read as an npz archive with keys {expected}: {_npz_problem(err)}. "
+            f"Download or write it again (np.savez(path, {keys[0]}=array, ...) with uint8 images)."
+        )
+
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise
+    except _NPZ_ERRORS as err:
+        raise unreadable(err) from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(
+            f"{path} holds a single array (.npy format), not an npz archive with keys {expected}; "
+            f"write it with np.savez(path, {keys[0]}=array, ...)."
+        )
+    with archive:
+        found = list(archive.files)
+        missing = [k for k in keys if k not in found]
+        if missing:
+            raise ValueError(
+                f"{path} has no key {', '.join(repr(k) for k in missing)}; expected keys {expected}, "
+                f"found {', '.join(found) if found else 'none'}."
+            )
+        try:
+            return {k: archive[k] for k in (*keys, *(k for k in optional if k in found))}
+        except _NPZ_ERRORS as err:
+            raise unreadable(err) from err
+
+
+def _check_level_array(images: np.ndarray, where: str, num_levels: int) -> None:
+    """Raise ``ValueError`` unless ``images`` holds integer levels in {0, ..., num_levels - 1}."""
+    top = num_levels - 1
+    if images.dtype == np.bool_ or not np.issubdtype(images.dtype, np.integer):
+        found, hint = f"dtype {images.dtype}", ""
+        if np.issubdtype(images.dtype, np.floating) and images.size:
+            finite = images[np.isfinite(images)]
+            if finite.size:
+                lo, hi = float(finite.min()), float(finite.max())
+                found += f" with values in [{lo:g}, {hi:g}]"
+                if 0 <= lo and hi <= 1:
+                    hint = (f" The values look scaled to [0, 1]: multiply by {top} and cast, e.g. "
+                            f"np.rint(x * {top}).astype(np.uint8).")
+                elif 0 <= lo and hi <= top and np.array_equal(finite, np.rint(finite)):
+                    hint = " The values are whole numbers: cast them, e.g. x.astype(np.uint8)."
+            if finite.size < images.size:
+                found += f" and {images.size - finite.size} NaN or infinite values"
+        raise ValueError(
+            f"{where} holds {found}; expected integer pixel levels 0..{top} (uint8).{hint}"
+        )
+    if images.size == 0:
+        raise ValueError(f"{where} holds no images (shape {images.shape}).")
+    info = np.iinfo(images.dtype)
+    if info.min >= 0 and info.max <= top:  # e.g. uint8 with K = 256: nothing to scan
+        return
+    lo, hi = int(images.min()), int(images.max())
+    if lo < 0 or hi > top:
+        raise ValueError(
+            f"{where} holds pixel values in [{lo}, {hi}]; expected integer levels 0..{top} "
+            f"(K = {num_levels} levels, uint8 for 8-bit images)."
+        )
+
+
+def _check_labels(labels: np.ndarray, num_images: int, where: str) -> np.ndarray:
+    """Integer class labels ``[N]`` matching ``num_images`` (``[N, 1]`` is flattened)."""
+    labels = np.asarray(labels)
+    if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"{where} holds labels of dtype {labels.dtype}; expected integer class labels [N] "
+            "(cast whole-number labels with labels.astype(np.int64))."
+        )
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(
+            f"{where}: labels must be [N] (one integer class per image), got shape {labels.shape} "
+            "(one-hot labels: labels.argmax(1))."
+        )
+    if len(labels) != num_images:
+        raise ValueError(
+            f"{where}: {num_images} images but {len(labels)} labels; they must have the same length."
+        )
+    return labels
 
 
 # ---------------------------------------------------------------------------------- loaders
@@ -191,22 +325,62 @@ def _load_mnist(split: str, data_dir: Path) -> tuple[Tensor, Tensor, int]:
     for d in dirs:
         npz = d / "mnist.npz"
         if npz.is_file():
-            with np.load(npz) as f:
-                suffix = "train" if split == "train" else "test"
-                images, labels = f[f"x_{suffix}"], f[f"y_{suffix}"]
+            suffix = "train" if split == "train" else "test"
+            arrays = _read_npz(npz, [f"x_{suffix}", f"y_{suffix}"])
+            images, labels = arrays[f"x_{suffix}"], arrays[f"y_{suffix}"]
+            image_where, label_where = f"{npz} key 'x_{suffix}'", f"{npz} key 'y_{suffix}'"
             break
         image_file = _find_idx(d, _MNIST_IDX[split][0])
         label_file = _find_idx(d, _MNIST_IDX[split][1])
         if image_file is not None and label_file is not None:
             images, labels = read_idx(image_file), read_idx(label_file)
+            image_where, label_where = str(image_file), str(label_file)
             break
     else:
         expected = ["mnist.npz (keys x_train, y_train, x_test, y_test)",
                     "or the IDX files " + ", ".join(_MNIST_IDX[split]) + " (optionally .gz)"]
         raise _missing("mnist", expected, dirs, _WHERE_TO_GET["mnist"])
-    if images.ndim != 3:
-        raise ValueError(f"MNIST images must be [N, 28, 28], got shape {images.shape}")
+    if images.ndim == 4 and images.shape[1] == 1:
+        images = images[:, 0]
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(
+            f"{image_where}: MNIST images must be [N, 28, 28] or [N, 1, 28, 28], got shape {images.shape}"
+        )
+    _check_level_array(images, image_where, 256)
+    labels = _check_labels(labels, len(images), label_where)
     return _as_levels(images[:, None]), _as_labels(labels), 256
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``[N, 3, 32, 32]`` and labels ``[N]`` of one pickled CIFAR-10 batch, validated."""
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+    except _PICKLE_ERRORS as err:
+        raise ValueError(
+            f"{path} could not be read as a CIFAR-10 python batch (a pickled dict with keys b'data' "
+            f"and b'labels'): {type(err).__name__}: {err}. The file is truncated or corrupt; extract "
+            "cifar-10-python.tar.gz again."
+        ) from err
+    found = (", ".join(sorted(map(repr, batch))) or "no keys") if isinstance(batch, dict) else type(batch).__name__
+    keys = {}
+    for key in ("data", "labels"):
+        present = [k for k in (key.encode(), key) if isinstance(batch, dict) and k in batch]
+        if not present:
+            raise ValueError(
+                f"{path} is not a CIFAR-10 python batch: expected a dict with keys b'data' and "
+                f"b'labels', found {found}."
+            )
+        keys[key] = present[0]
+    data = np.asarray(batch[keys["data"]])
+    where = f"{path} key {keys['data']!r}"
+    _check_level_array(data, where, 256)
+    if data.ndim == 2 and data.shape[1] == 3 * 32 * 32:
+        data = data.reshape(-1, 3, 32, 32)
+    elif not (data.ndim == 4 and data.shape[1:] == (3, 32, 32)):
+        raise ValueError(f"{where}: CIFAR-10 images must be [N, 3072] or [N, 3, 32, 32], got shape {data.shape}")
+    labels = _check_labels(np.asarray(batch[keys["labels"]]), len(data), f"{path} key {keys['labels']!r}")
+    return data.astype(np.uint8), labels
 
 
 def _load_cifar10(split: str, data_dir: Path) -> tuple[Tensor, Tensor, int]:
@@ -220,10 +394,9 @@ def _load_cifar10(split: str, data_dir: Path) -> tuple[Tensor, Tensor, int]:
         raise _missing("cifar10", expected, [data_dir, data_dir / "cifar10"], _WHERE_TO_GET["cifar10"])
     images, labels = [], []
     for n in names:
-        with open(d / n, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[b"labels"]))
+        data, batch_labels = _read_cifar_batch(d / n)
+        images.append(data)
+        labels.append(batch_labels)
     return _as_levels(np.concatenate(images)), _as_labels(np.concatenate(labels)), 256
 
 
@@ -257,13 +430,12 @@ def _load_imagenet(name: str, split: str, data_dir: Path) -> tuple[Tensor, Tenso
         raise _missing(name, expected, [d], _WHERE_TO_GET["imagenet"])
     images, labels = [], []
     for path in files:
-        with np.load(path) as f:
-            if "data" not in f:
-                raise ValueError(f"{path} has no key 'data' (keys: {sorted(f.keys())})")
-            images.append(_imagenet_layout(f["data"], size, path))
-            labels.append(f["labels"] if "labels" in f else None)
-    if images[0].dtype != np.uint8:
-        raise ValueError(f"{files[0]}: expected uint8 pixels, got {images[0].dtype}")
+        arrays = _read_npz(path, ["data"], ["labels"])
+        data = _imagenet_layout(arrays["data"], size, path)
+        _check_level_array(data, f"{path} key 'data'", 256)
+        images.append(data)
+        labels.append(_check_labels(arrays["labels"], len(data), f"{path} key 'labels'")
+                      if "labels" in arrays else None)
     label_tensor = None if any(lab is None for lab in labels) else _as_labels(np.concatenate(labels))
     return _as_levels(np.concatenate(images)), label_tensor, 256
 
@@ -292,7 +464,8 @@ def load_dataset(
         :class:`ArrayDataset` (see the module docstring for each dataset's layout and files).
 
     Raises:
-        ValueError: unknown name or split, or a bad ``num_examples``.
+        ValueError: unknown name or split, a bad ``num_examples``, or a file that is unreadable
+            or holds the wrong content (see the module docstring; the message names the file).
         FileNotFoundError: the files of an on-disk dataset are missing (the message names them).
     """
     if name not in DATASETS:

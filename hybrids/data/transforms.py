@@ -81,11 +81,22 @@ def quantize(x: Tensor, num_levels: int) -> Tensor:
 
     Returns:
         int64 levels like ``x``.
+
+    Raises:
+        TypeError: ``x`` is not a floating tensor.
+        ValueError: ``num_levels`` is not an int >= 2, or ``x`` holds NaN or infinite values
+            (which have no level; casting them would give arbitrary integers).
     """
     if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
         raise TypeError(f"quantize expects a floating tensor, got {getattr(x, 'dtype', type(x))}")
     if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 2:
         raise ValueError(f"num_levels must be an int >= 2, got {num_levels!r}")
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"quantize got {int((~finite).sum())} NaN or infinite values of {x.numel()}; they have no "
+            "level. Find where they come from (a diverged sampler, a NaN in the model) first."
+        )
     k = torch.floor((x + 1.0) * num_levels / 2.0)
     return k.clamp(0, num_levels - 1).to(torch.int64)
 

@@ -44,6 +44,37 @@ from hybrids.time_sampling import check_eps, importance_sample_t, uniform_times
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
 
+def check_model_space(x: Tensor, caller: str) -> None:
+    """Check that ``x`` is finite floating-point data ``[B, ...]`` in model space.
+
+    Args:
+        x: the data a likelihood tool was given.
+        caller: the tool's name, for the messages.
+
+    Raises:
+        TypeError: ``x`` is not a floating-point tensor with a batch dimension (integer levels
+            must be dequantized first; the message names the functions that do it).
+        ValueError: some rows hold NaN or infinite values (the message lists their indices).
+    """
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
+        found = (f"a {x.dtype} tensor of shape {tuple(x.shape)}" if isinstance(x, Tensor)
+                 else type(x).__name__)
+        raise TypeError(
+            f"{caller}: x must be a floating-point tensor [B, ...] in model space, got {found}. "
+            "Dequantize integer levels first: hybrids.data.dequantize(k, num_levels) or "
+            "hybrids.data.to_model_space(k, num_levels) give x = 2 (k + u) / K - 1."
+        )
+    bad = ~torch.isfinite(x.detach().flatten(1)).all(1)
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        shown = ", ".join(str(r) for r in rows[:10]) + (", ..." if len(rows) > 10 else "")
+        raise ValueError(
+            f"{caller}: x has NaN or infinite values in {len(rows)} of {x.shape[0]} rows (batch "
+            f"indices {shown}); the likelihood of such a row is undefined and, in an ODE solve, "
+            "stops the whole batch. Drop or repair these rows first."
+        )
+
+
 def _time(value: float, x: Tensor) -> Tensor:
     return torch.full((x.shape[0],), float(value), dtype=x.dtype, device=x.device)
 
@@ -130,7 +161,12 @@ def dsm_bound(
 
     Returns:
         ``[B]`` upper bounds on -log p(x), nats (in expectation over the randomness).
+
+    Raises:
+        TypeError: ``x`` is not floating-point data (e.g. integer levels not yet dequantized).
+        ValueError: bad sizes or ``eps``, or rows of ``x`` with NaN or infinite values.
     """
+    check_model_space(x, "dsm_bound")
     if n_times < 1 or time_chunk < 1:
         raise ValueError(f"n_times and time_chunk must be >= 1; got {n_times}, {time_chunk}.")
     check_eps(sde, eps)

@@ -19,13 +19,15 @@ decoder of ``hybrids.likelihood.bound``); the reference code reports the uncorre
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from hybrids.likelihood.bound import eps_correction_sample
+from hybrids.likelihood.bound import check_model_space, eps_correction_sample
 from hybrids.models.base import as_score_fn
 from hybrids.sdes import SDE
 from hybrids.tensors import expand_as_batch, randn_like
@@ -35,6 +37,37 @@ PROBES = ("rademacher", "gaussian")
 # Adaptive torchdiffeq solvers accept ``step_t``: their steps then end exactly at the end time
 # instead of overshooting it (t < 0 makes sigma_t NaN for VP/subVP in the reverse direction).
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+_SOLVER_ADVICE = (
+    "The score returned NaN or infinite values, or the flow is too stiff for the solver: check "
+    "that the score is finite for these inputs and times, and try tighter tolerances (smaller "
+    "rtol/atol) or a fixed-step method with more steps."
+)
+
+
+def check_solver_time(t: Tensor, caller: str, nfe: int) -> None:
+    """Raise ``FloatingPointError`` when the ODE solver hands the right-hand side a NaN time.
+
+    An adaptive solver's time turns NaN after the right-hand side returned NaN or infinite
+    values (its error estimate is then NaN); reporting it here names the likely cause instead of
+    the SDE's time-range error.
+    """
+    if bool(torch.isnan(t).any()):
+        raise FloatingPointError(f"{caller}: the ODE solver's time became NaN after {nfe - 1} "
+                                 f"evaluation(s) of the flow. {_SOLVER_ADVICE}")
+
+
+@contextlib.contextmanager
+def solver_errors(caller: str) -> Iterator[None]:
+    """Turn torchdiffeq's 'underflow in dt' assertion into a ``FloatingPointError`` with advice."""
+    try:
+        yield
+    except AssertionError as err:
+        if "underflow in dt" not in str(err):
+            raise
+        raise FloatingPointError(f"{caller}: the adaptive ODE solver's step size underflowed ({err}). "
+                                 f"{_SOLVER_ADVICE}") from err
 
 
 @dataclass
@@ -123,11 +156,15 @@ def ode_log_prob(
 
     Returns:
         :class:`ODELikelihood`.
+
+    Raises:
+        TypeError: ``x`` is not floating-point data (e.g. integer levels not yet dequantized).
+        ValueError: bad settings, or rows of ``x`` with NaN or infinite values (named by index:
+            one such row would make the adaptive solver fail for the whole batch).
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"Unknown divergence {divergence!r}; choose one of {DIVERGENCES}.")
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.ndim < 2:
-        raise TypeError("x must be a floating-point tensor [B, ...] in model space (dequantize integer data first).")
+    check_model_space(x, "ode_log_prob")
     t_end = sde.T if t_end is None else float(t_end)
     if not 0 < eps < t_end <= sde.T:
         raise ValueError(f"Need 0 < eps < t_end <= T = {sde.T}; got eps={eps}, t_end={t_end}.")
@@ -143,6 +180,7 @@ def ode_log_prob(
     def rhs(t: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         nonlocal nfe
         nfe += 1
+        check_solver_time(t, "ode_log_prob", nfe)
         xs = state[0]
         with torch.enable_grad():
             if not (keep_graph and xs.requires_grad):
@@ -155,7 +193,7 @@ def ode_log_prob(
 
     times = torch.tensor([eps, t_end], dtype=x.dtype, device=x.device)
     state0 = (x if keep_graph else x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
-    with torch.set_grad_enabled(keep_graph):
+    with torch.set_grad_enabled(keep_graph), solver_errors("ode_log_prob"):
         options = {"step_t": times[1:]} if method in ADAPTIVE_METHODS else None
         xs, delta = odeint(rhs, state0, times, rtol=rtol, atol=atol, method=method, options=options)
     z, delta = xs[-1], delta[-1]

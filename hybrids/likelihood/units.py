@@ -9,8 +9,17 @@ for data scaled to [0, 1] (x = (k + u) / K) the offset is log2(K)  (+8 for 8-bit
 from __future__ import annotations
 
 import math
+import numbers
 
 from torch import Tensor
+
+
+def _check_num_dims(num_dims: int) -> None:
+    if isinstance(num_dims, bool) or not isinstance(num_dims, numbers.Integral) or num_dims <= 0:
+        raise ValueError(
+            f"num_dims must be a positive int (the number of dimensions per example, e.g. "
+            f"x[0].numel()); got {num_dims!r}."
+        )
 
 
 def bits_per_dim(nll_nats: Tensor, num_dims: int, num_levels: int = 256, centered: bool = True) -> Tensor:
@@ -25,9 +34,17 @@ def bits_per_dim(nll_nats: Tensor, num_dims: int, num_levels: int = 256, centere
     Returns:
         -log p_pixel / (D ln 2), shaped like ``nll_nats``: nll / (D ln 2) + log2(K/2) (centred)
         or + log2(K) ([0, 1] data).
+
+    Raises:
+        ValueError: ``num_dims`` is not a positive int, or ``num_levels`` not an int >= 2
+            (continuous data without levels: use :func:`nats_to_bpd`).
     """
-    if num_dims <= 0 or num_levels <= 1:
-        raise ValueError(f"num_dims must be positive and num_levels > 1; got {num_dims}, {num_levels}.")
+    _check_num_dims(num_dims)
+    if isinstance(num_levels, bool) or not isinstance(num_levels, numbers.Integral) or num_levels < 2:
+        raise ValueError(
+            f"num_levels must be an int >= 2 (the number of integer levels per dimension, 256 for "
+            f"8-bit images); got {num_levels!r}. For continuous data without levels use nats_to_bpd."
+        )
     offset = math.log2(num_levels / 2) if centered else math.log2(num_levels)
     return nats_to_bpd(nll_nats, num_dims) + offset
 
@@ -38,6 +55,5 @@ def nats_to_bpd(nll_nats: Tensor | float, num_dims: int) -> Tensor | float:
     The library's one conversion from nats to bits: use it for discrete likelihoods (-log P(k)
     of integer data) and for continuous data reported without an offset (2-D toys).
     """
-    if num_dims <= 0:
-        raise ValueError(f"num_dims must be positive; got {num_dims}.")
+    _check_num_dims(num_dims)
     return nll_nats / (num_dims * math.log(2))

@@ -14,12 +14,34 @@ Two feature extractors share one small protocol (``name``, ``metric_name``,
   on a labelled dataset (digits or MNIST). Its penultimate features give a Frechet distance
   reported as "FD-<dataset> classifier", never as FID, since it is not comparable to
   published FIDs.
+
+Caches. Both the trained domain classifier and the feature statistics of dataset splits are
+cached on disk, under ``cache_dir`` (default: ``$HYBRIDS_DATA``, else ``~/.cache/hybrids``; the
+same default as the data, whatever ``data_dir`` the data were read from):
+
+* ``cache_dir/classifiers/<dataset>_cnn_steps<S>_seed<s>_<key>.pt``, where ``<key>`` hashes the
+  content of the train and test splits it was trained and scored on (:func:`data_fingerprint`)
+  with every training setting (steps, batch size, learning rate, seed, architecture);
+* ``cache_dir/fid_stats/<dataset>_<split>_<extractor name>[_n<N>]_<fingerprint>.npz``, where the
+  extractor name of a classifier carries its own key and ``<fingerprint>`` hashes the content of
+  the split the statistics were computed from.
+
+So a subset, another copy or an edited version of a dataset (another ``data_dir``, another
+``num_examples``) gets its own cache files instead of reusing those of another run; identical
+data share them wherever they were read from. The fingerprint is a BLAKE2b hash of the levels
+(as uint8 when K <= 256), their shape, K and the labels: one pass over the data (a fraction of a
+second for MNIST's 60,000 images). An unreadable cache file is rebuilt, with a warning. Delete
+``cache_dir/classifiers`` and ``cache_dir/fid_stats`` to clear the caches; files written before
+the caches were keyed by content (names without the key) are no longer read.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Protocol
 
@@ -29,7 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hybrids.data import bin_centers, check_levels, default_data_dir, load_dataset
+from hybrids.data import ArrayDataset, bin_centers, check_levels, default_data_dir, load_dataset
 from hybrids.io import atomic_torch_save, atomic_write
 
 __all__ = [
@@ -38,6 +60,7 @@ __all__ = [
     "FeatureExtractor",
     "InceptionFeatures",
     "classifier_predict",
+    "data_fingerprint",
     "dataset_stats",
     "find_inception_weights",
     "frechet_distance",
@@ -238,6 +261,43 @@ def _patched(module, attribute: str, value):
         setattr(module, attribute, original)
 
 
+# ------------------------------------------------------------------------- cache keys
+_FINGERPRINT_CHARS = 16
+# Architecture version of DomainClassifier: part of the classifier cache key (bump it when the
+# network changes, so that old weights are not loaded into a new architecture).
+_CLASSIFIER_VERSION = 1
+# What reading a truncated or foreign cache file raises.
+_CACHE_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, RuntimeError, zipfile.BadZipFile,
+                      pickle.UnpicklingError)
+
+
+def data_fingerprint(data: ArrayDataset) -> str:
+    """A short content hash of a dataset split, the key of the caches built from it.
+
+    BLAKE2b (8 bytes, 16 hex digits) of the data's shape, dtype and number of levels, the data
+    (integer levels as uint8 when K <= 256, which the loaders have checked to lie in 0..K-1) and
+    the labels. Identical data give the same fingerprint wherever they were read from; a
+    subset or any changed value gives another.
+    """
+    values = data.data.detach().cpu()
+    h = hashlib.blake2b(digest_size=_FINGERPRINT_CHARS // 2)
+    h.update(repr((tuple(values.shape), str(values.dtype), data.num_levels)).encode())
+    if data.num_levels is not None and data.num_levels <= 256 and not values.is_floating_point():
+        values = values.to(torch.uint8)
+    h.update(np.ascontiguousarray(values.numpy()).data)
+    if data.labels is None:
+        h.update(b"no labels")
+    else:
+        h.update(b"labels")
+        h.update(np.ascontiguousarray(data.labels.detach().cpu().to(torch.int64).numpy()).data)
+    return h.hexdigest()
+
+
+def _settings_key(*parts: object) -> str:
+    """Hash of the ``repr`` of ``parts`` (16 hex digits)."""
+    return hashlib.blake2b(repr(parts).encode(), digest_size=_FINGERPRINT_CHARS // 2).hexdigest()
+
+
 # ------------------------------------------------------------------------- domain classifier
 class DomainClassifier(nn.Module):
     """Small CNN classifier whose penultimate layer is a domain-specific feature space.
@@ -336,8 +396,12 @@ def train_domain_classifier(
     """Train (or load from the cache) the feature classifier for a labelled image dataset.
 
     Adam on cross-entropy, minibatches drawn with replacement from the train split. The
-    trained weights are cached at ``cache_dir/classifiers/<dataset>_cnn_steps<S>_seed<s>.pt``
-    (state_dict and settings, written atomically) and reused unless ``force``.
+    trained weights are cached at ``cache_dir/classifiers/<dataset>_cnn_steps<S>_seed<s>_<key>.pt``
+    (state_dict and settings, written atomically) and reused unless ``force``; ``<key>`` hashes
+    the content of the train and test splits (:func:`data_fingerprint`) and every training
+    setting, so that a classifier trained on other data or settings is never reused (see the
+    module docstring). The classifier's ``name`` carries the key too, so the dataset statistics
+    computed in its features are cached per classifier.
 
     Args:
         dataset_name: a labelled image dataset ('digits', 'mnist', 'cifar10').
@@ -354,23 +418,31 @@ def train_domain_classifier(
     if steps < 1 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need steps >= 1, batch_size >= 1, lr > 0; got {steps}, {batch_size}, {lr}")
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_data_dir()
-    path = cache / "classifiers" / f"{dataset_name}_cnn_steps{steps}_seed{seed}.pt"
     train = load_dataset(dataset_name, "train", data_dir, num_examples=None)  # whole split
     if train.labels is None or train.num_levels is None:
         raise ValueError(f"{dataset_name!r} is not a labelled image dataset; use 'digits' or 'mnist'")
+    test = load_dataset(dataset_name, "test", data_dir, num_examples=None)
+    num_classes = int(train.labels.max()) + 1
+    key = _settings_key("DomainClassifier", _CLASSIFIER_VERSION, data_fingerprint(train), data_fingerprint(test),
+                        num_classes, steps, batch_size, float(lr), seed)
+    path = cache / "classifiers" / f"{dataset_name}_cnn_steps{steps}_seed{seed}_{key}.pt"
     config = {
         "dataset": dataset_name,
         "image_shape": train.shape,
         "num_levels": train.num_levels,
-        "num_classes": int(train.labels.max()) + 1,
-        "tag": f"-steps{steps}-seed{seed}",
+        "num_classes": num_classes,
+        "tag": f"-steps{steps}-seed{seed}-{key}",
     }
     if path.is_file() and not force:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model = DomainClassifier(**saved["config"])
-        model.load_state_dict(saved["state_dict"])
-        model.test_accuracy = float(saved["test_accuracy"])
-        return model.to(device).eval()
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            model = DomainClassifier(**saved["config"])
+            model.load_state_dict(saved["state_dict"])
+            model.test_accuracy = float(saved["test_accuracy"])
+            return model.to(device).eval()
+        except _CACHE_READ_ERRORS as err:
+            warnings.warn(f"cached classifier {path} could not be read ({type(err).__name__}: {err}); "
+                          "training it again", stacklevel=2)
 
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation; caller's RNG untouched
@@ -386,7 +458,6 @@ def train_domain_classifier(
         loss.backward()
         optimizer.step()
     model.eval()
-    test = load_dataset(dataset_name, "test", data_dir, num_examples=None)
     model.test_accuracy = float((classifier_predict(model, test.data) == test.labels).double().mean())
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     atomic_torch_save({"config": config, "state_dict": state, "test_accuracy": model.test_accuracy}, path)
@@ -405,22 +476,29 @@ def dataset_stats(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feature mean and covariance of a dataset split, cached as npz.
 
-    Cache file: ``cache_dir/fid_stats/<name>_<split>_<extractor.name>[_n<num_examples>].npz``
-    with keys ``mu``, ``sigma``, ``num_examples``; written atomically (``hybrids.io.atomic_write``)
-    so that readers never see a partial file.
+    Cache file:
+    ``cache_dir/fid_stats/<name>_<split>_<extractor.name>[_n<num_examples>]_<fingerprint>.npz``
+    with keys ``mu``, ``sigma``, ``num_examples``, where ``<fingerprint>`` is
+    :func:`data_fingerprint` of the split as loaded (so other data never reuse these
+    statistics); written atomically (``hybrids.io.atomic_write``) so that readers never see a
+    partial file. The split is loaded on every call, to compute its fingerprint.
 
     Returns:
         mu ``[F]``, sigma ``[F, F]``.
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_data_dir()
-    suffix = "" if num_examples is None else f"_n{num_examples}"
-    path = cache / "fid_stats" / f"{name}_{split}_{extractor.name}{suffix}.npz"
-    if path.is_file():
-        with np.load(path) as f:
-            return f["mu"], f["sigma"]
     data = load_dataset(name, split, data_dir, num_examples=num_examples)
     if data.num_levels is None:
         raise ValueError(f"dataset_stats needs an image dataset, {name!r} is continuous")
+    suffix = "" if num_examples is None else f"_n{num_examples}"
+    path = cache / "fid_stats" / f"{name}_{split}_{extractor.name}{suffix}_{data_fingerprint(data)}.npz"
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return f["mu"], f["sigma"]
+        except _CACHE_READ_ERRORS as err:
+            warnings.warn(f"cached statistics {path} could not be read ({type(err).__name__}: {err}); "
+                          "computing them again", stacklevel=2)
     mu, sigma = gaussian_stats(extractor.extract(data.data, data.num_levels))
     atomic_write(path, lambda f: np.savez(f, mu=mu, sigma=sigma, num_examples=len(data)))
     return mu, sigma

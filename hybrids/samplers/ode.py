@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-from hybrids.likelihood.ode import ADAPTIVE_METHODS
+from hybrids.likelihood.ode import ADAPTIVE_METHODS, check_solver_time, solver_errors
 from hybrids.models.base import as_score_fn
 from hybrids.sdes import SDE
 from hybrids.tensors import expand_as_batch
@@ -60,6 +60,12 @@ def ode_sample(
 
     Returns:
         :class:`ODESample`.
+
+    Raises:
+        ValueError: a bad ``eps`` or no shape.
+        FloatingPointError: the samples are NaN or infinite; the message names the solver
+            settings and advises tighter tolerances or a fixed-step method with more steps, and
+            checking the score.
     """
     check_eps(sde, eps)
     if x_init is None:
@@ -74,16 +80,26 @@ def ode_sample(
     def rhs(t: Tensor, x: Tensor) -> Tensor:
         nonlocal nfe
         nfe += 1
+        check_solver_time(t, "ode_sample", nfe)
         # The solver's initial-step probe may look outside [eps, T], where sigma_t is undefined.
         return reverse.drift(x, t.to(x.dtype).clamp(eps, sde.T).expand(x.shape[0]))
 
     times = torch.tensor([sde.T, eps], dtype=x_init.dtype, device=x_init.device)
     options = {"step_t": times[1:]} if method in ADAPTIVE_METHODS else None
-    with torch.no_grad():
+    with torch.no_grad(), solver_errors("ode_sample"):
         x = odeint(rhs, x_init, times, rtol=rtol, atol=atol, method=method, options=options)[-1]
         if denoise:
             t = torch.full((x.shape[0],), eps, dtype=x.dtype, device=x.device)
             coefs = sde.marginal_coefs(t)
             x = (x + expand_as_batch(coefs.std, x) ** 2 * fn(x, t)) / expand_as_batch(coefs.mean_coef, x)
             nfe += 1
+    bad = ~torch.isfinite(x.reshape(x.shape[0], -1)).all(1)
+    if bool(bad.any()):
+        raise FloatingPointError(
+            f"ode_sample: the samples at t={eps:g} are NaN or infinite in {int(bad.sum())} of "
+            f"{x.shape[0]} rows (method={method!r}, rtol={rtol:g}, atol={atol:g}, {nfe} score "
+            f"evaluation(s){', with the denoising step' if denoise else ''}). Use tighter tolerances "
+            "(smaller rtol/atol, i.e. smaller steps) or a fixed-step method with more steps, and "
+            "check that the score is finite at these times and for these inputs."
+        )
     return ODESample(samples=x, nfe=nfe)

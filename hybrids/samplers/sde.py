@@ -105,6 +105,41 @@ def langevin_step(
 _PREDICTOR_FNS = {"euler_maruyama": euler_maruyama_step, "reverse_diffusion": reverse_diffusion_step}
 
 
+def _check_step_size(sde: SDE, predictor: str, corrector: str | None, t_start: float, h: float,
+                     num_steps: int, dtype: torch.dtype, device: torch.device) -> None:
+    """Raise ``ValueError`` when the step h is too large for the discretised SDE itself.
+
+    The reverse-diffusion predictor uses ``sde.discretize(x, t, h)`` (for VP, sqrt(1 - beta(t) h))
+    and the Langevin corrector ``sde.langevin_alpha(t, h)`` (for VP and subVP, 1 - beta(t) h):
+    with beta(t) h > 1 both are undefined and every sample would come out NaN. One evaluation
+    on the whole time grid, before any score call.
+    """
+    times = torch.tensor([t_start - i * h for i in range(num_steps)], dtype=dtype, device=device)
+    problems = []
+    if predictor == "reverse_diffusion":
+        f_d, G = sde.discretize(torch.ones(num_steps, 1, dtype=dtype, device=device), times, h)
+        bad = ~(torch.isfinite(f_d.flatten(1)).all(1) & torch.isfinite(G))
+        if bool(bad.any()):
+            problems.append(f"the reverse-diffusion step sde.discretize(x, t, h) is undefined at t = "
+                            f"{float(times[bad].max()):.4g}")
+    if corrector is not None:
+        alpha = sde.langevin_alpha(times, h)
+        bad = ~(alpha >= 0)
+        if bool(bad.any()):
+            problems.append(f"the Langevin step scale sde.langevin_alpha(t, h) is "
+                            f"{float(alpha[bad].min()):.4g} < 0 at t = {float(times[bad].max()):.4g}")
+    if problems:
+        hint = ""
+        beta_max = getattr(sde, "beta_max", None)
+        if beta_max is not None:
+            hint = (f" For {type(sde).__name__} the step must keep beta(t) h <= 1, i.e. h <= "
+                    f"1 / beta_max = {1 / beta_max:.3g}")
+        raise ValueError(
+            f"pc_sample: num_steps={num_steps} gives a step h={h:.3g} too large for {sde!r}: "
+            f"{'; '.join(problems)}, so every sample would be NaN.{hint}. Use more steps."
+        )
+
+
 def pc_sample(
     score_fn: ScoreFn,
     sde: SDE,
@@ -141,6 +176,8 @@ def pc_sample(
 
     Raises:
         ValueError: on unknown predictor/corrector names or inconsistent times/sizes.
+        FloatingPointError: the samples are NaN or infinite (the chain diverged); the message
+            names the settings and advises more steps, a smaller snr or checking the score.
     """
     if predictor not in _PREDICTOR_FNS:
         raise ValueError(f"Unknown predictor {predictor!r}; choose one of {list(PREDICTORS)}.")
@@ -160,13 +197,26 @@ def pc_sample(
     h = (float(t_start) - float(t_end)) / int(num_steps)
     x = x_init
     batch = x.shape[0]
+    _check_step_size(sde, predictor, corrector, float(t_start), h, int(num_steps), x.dtype, x.device)
     for i in range(int(num_steps)):
         t = torch.full((batch,), float(t_start) - i * h, dtype=x.dtype, device=x.device)
         if corrector is not None:
             for _ in range(n_corrector_steps):
                 x, _ = langevin_step(score_fn, sde, x, t, h, snr, randn_like(x, generator))
         x, x_mean = step(score_fn, sde, x, t, h, randn_like(x, generator))
-    return x_mean if denoise else x
+    out = x_mean if denoise else x
+    bad = ~torch.isfinite(out.detach().flatten(1)).all(1)
+    if bool(bad.any()):
+        corrector_text = ("" if corrector is None else
+                          f", corrector={corrector!r} (snr={snr:g}, {n_corrector_steps} step(s))")
+        raise FloatingPointError(
+            f"pc_sample: the samples at t={float(t_end):g} are NaN or infinite in {int(bad.sum())} of "
+            f"{out.shape[0]} chains (predictor={predictor!r}, num_steps={int(num_steps)}, step "
+            f"h={h:.3g} from t={float(t_start):g}{corrector_text}): the chain diverged. Use more "
+            f"steps (a smaller step h){', a smaller snr' if corrector is not None else ''}, and check "
+            "that the score is finite at these times."
+        )
+    return out
 
 
 def sample_from_prior(
@@ -198,6 +248,9 @@ def sample_from_prior(
 
     Returns:
         Samples at time ``eps``, ``shape``.
+
+    Raises:
+        FloatingPointError: non-finite samples (see :func:`pc_sample`).
     """
     x_T = sde.prior_sample(shape, generator=generator, dtype=dtype, device=device)
     return pc_sample(

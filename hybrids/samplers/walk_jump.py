@@ -160,6 +160,11 @@ def walk_jump(
     Returns:
         The final jumps xhat(y), ``shape``; or, with ``record_every``, the list of jumps after
         steps record_every, 2 record_every, ... <= n_steps.
+
+    Raises:
+        ValueError: bad sizes or settings.
+        FloatingPointError: the returned jumps are NaN or infinite (the chain diverged); the
+            message names the step size and friction and advises a smaller ``step_size``.
     """
     if isinstance(M, bool) or not isinstance(M, int) or M < 1:
         raise ValueError(f"M must be an int >= 1, got {M!r}.")
@@ -213,4 +218,30 @@ def walk_jump(
         noise_sampler=noise,
         callback=record if record_every is not None else None,
     )
-    return jumps if record_every is not None else jump(y)
+    if record_every is not None:
+        if jumps:  # one reduction over all records; the first bad one is named
+            finite = torch.stack([torch.isfinite(j.detach()).all() for j in jumps])
+            if not bool(finite.all()):
+                first = int((~finite).nonzero()[0])
+                _check_finite_jumps(jumps[first], (first + 1) * record_every, delta, chain_step, friction,
+                                    method, sigma)
+        return jumps
+    out = jump(y)
+    _check_finite_jumps(out, n_steps, delta, chain_step, friction, method, sigma)
+    return out
+
+
+def _check_finite_jumps(x: Tensor, step: int, delta: float, chain_step: float, friction: float,
+                        method: str, sigma: float) -> None:
+    """Raise ``FloatingPointError`` when jumps are NaN or infinite (a diverged walk)."""
+    bad = ~torch.isfinite(x.detach().reshape(x.shape[0], -1)).all(1) if x.ndim > 1 else ~torch.isfinite(x)
+    if not bool(bad.any()):
+        return
+    friction_text = f", friction={friction:g}" if method == "underdamped" else ""
+    raise FloatingPointError(
+        f"walk_jump: the jumps after step {step} are NaN or infinite in {int(bad.sum())} of "
+        f"{bad.numel()} chains ({method} walk, step_size={delta:g} (chain step {chain_step:g})"
+        f"{friction_text}, sigma={sigma:g}): the walk diverged. Use a smaller step_size (the default "
+        f"is sigma / 2 = {sigma / 2:g}){' or a larger friction' if method == 'underdamped' else ''}, "
+        "and check that the score is finite."
+    )
