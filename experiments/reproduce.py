@@ -161,6 +161,8 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
         ours = {name: mean for name, (mean, _, _) in summaries.items()}
         ours_sd = {name: sd for name, (_, sd, _) in summaries.items()}
         command = row.command(scale, (*gin_bindings, *(("Trainer.seed = <i>",) if seeds > 1 else ())), data_dir)
+        if seeds > 1:
+            command = command.replace(f"--workdir=runs/{row.slug}", f"--workdir=runs/{row.slug}/seed_<i>")
         rows.append({"row": row.label, "status": status, "error": "; ".join(errors), "ours": ours,
                      "ours_sd": ours_sd, "n_seeds": len(per_seed), "paper": dict(row.paper), "command": command})
         print(f"{table.name}: {row.label}: {status}" + (f" -- {rows[-1]['error']}" if errors else ""), flush=True)

@@ -134,6 +134,7 @@ def test_seeds_train_each_row_n_times_and_report_mean_and_sd(tmp_path):
     assert first["ours_sd"][col.name] == pytest.approx(statistics.stdev(values))
     md = (tmp_path / "table.md").read_text()
     assert "mean ± standard deviation over 2 trainings" in md and "Trainer.seed = <i>" in md
+    assert f"--workdir=runs/{row.slug}/seed_<i>" in md
     with open(tmp_path / "table.csv") as f:
         header = next(csv.reader(f))
     assert f"{col.name} (ours sd)" in header and "trainings" in header
