@@ -78,3 +78,20 @@ def test_subsets_and_bad_inputs():
         mmd2_unbiased(x[:1], y)
     with pytest.raises(ValueError, match=r"\[m, d\]"):
         mmd2_unbiased(x, y[:, :1])
+
+
+def test_jump_autocorrelation_of_an_ar1_chain_is_phi_to_the_lag():
+    """x_(r+1) = phi x_r + sqrt(1 - phi^2) e: rho(k) = phi^k. Catches: a missing centring, the
+    lag-0 normaliser taken per pair, lags off by one."""
+    from hybrids.metrics.mixing import jump_autocorrelation
+
+    g = torch.Generator().manual_seed(0)
+    phi, chains, steps, dim = 0.7, 50, 2000, 3
+    x = torch.zeros(chains, steps, dim, dtype=F64)
+    x[:, 0] = torch.randn(chains, dim, generator=g, dtype=F64)
+    for r in range(1, steps):
+        x[:, r] = phi * x[:, r - 1] + math.sqrt(1 - phi**2) * torch.randn(chains, dim, generator=g, dtype=F64)
+    rho = jump_autocorrelation(x, max_lag=3)
+    assert rho == pytest.approx([phi, phi**2, phi**3], abs=0.02)
+    with pytest.raises(ValueError, match="max_lag"):
+        jump_autocorrelation(x[:, :3], max_lag=3)

@@ -20,7 +20,7 @@ from hybrids.data import ArrayDataset, dequantize
 from hybrids.hooks.base import evaluator, sampler, samples_output
 from hybrids.metrics.conditioning import empirical_condition_numbers
 from hybrids.metrics.fid import classifier_predict, train_domain_classifier
-from hybrids.metrics.mixing import chain_class_statistics
+from hybrids.metrics.mixing import chain_class_statistics, jump_autocorrelation
 from hybrids.models.gps import GPSModel
 from hybrids.samplers.walk_jump import walk_jump
 from hybrids.tensors import model_dtype
@@ -127,8 +127,9 @@ def walk_jump_class_eval(
     cached) labels every recorded jump. Needs a labelled image dataset (digits, MNIST).
 
     Returns:
-        ``hybrids.metrics.mixing.chain_class_statistics`` of the labels, and the classifier's
-        test accuracy.
+        ``hybrids.metrics.mixing.chain_class_statistics`` of the labels, the classifier's test
+        accuracy, and ``jump_autocorrelation`` (lags 1 .. min(5, R - 1) of the recorded jumps in
+        model space, ``hybrids.metrics.mixing.jump_autocorrelation``; empty for R < 2).
     """
     if data.labels is None or data.num_levels is None:
         raise ValueError(f"walk_jump_class_eval needs a labelled image dataset; {data.name!r} is not one.")
@@ -140,7 +141,10 @@ def walk_jump_class_eval(
     classifier = train_domain_classifier(data.name, data_dir or data.data_dir, steps=classifier_steps, device=device)
     labels = classifier_predict(classifier, levels).reshape(jumps.shape[0], jumps.shape[1])
     stats = chain_class_statistics(labels, int(data.labels.max()) + 1)
-    return {**stats, "classifier_test_accuracy": float(classifier.test_accuracy)}
+    max_lag = min(5, jumps.shape[1] - 1)
+    rho = jump_autocorrelation(jumps.cpu(), max_lag) if max_lag >= 1 else []
+    return {**stats, "classifier_test_accuracy": float(classifier.test_accuracy), "jump_autocorrelation": rho,
+            **({"jump_autocorrelation_lag1": rho[0]} if rho else {})}
 
 
 @evaluator

@@ -31,3 +31,25 @@ def chain_class_statistics(labels: Tensor, num_classes: int) -> dict[str, Any]:
         "class_histogram": torch.bincount(labels.flatten(), minlength=num_classes).tolist(),
         "jumps_per_chain": int(labels.shape[1]),
     }
+
+
+def jump_autocorrelation(jumps: Tensor, max_lag: int = 5) -> list[float]:
+    """Autocorrelation of successive samples along chains, averaged over chains.
+
+    For a chain x_1 .. x_R (flattened to vectors) with mean m, the lag-k autocorrelation is
+    rho(k) = sum_r <x_r - m, x_(r+k) - m> / sum_r ||x_r - m||^2 (the usual biased estimator,
+    1 at lag 0, towards 0 for a fast-mixing chain).
+
+    Args:
+        jumps: ``[num_chains, R, ...]`` successive samples of each chain.
+        max_lag: largest lag k (< R).
+
+    Returns:
+        ``[rho(1), ..., rho(max_lag)]``, each the mean over chains.
+    """
+    if jumps.ndim < 3 or jumps.shape[1] <= max_lag:
+        raise ValueError(f"jumps must be [num_chains, R, ...] with R > max_lag = {max_lag}; got {tuple(jumps.shape)}.")
+    x = jumps.flatten(2).double()
+    x = x - x.mean(dim=1, keepdim=True)
+    denom = x.pow(2).sum(dim=(1, 2))
+    return [float(((x[:, :-k] * x[:, k:]).sum(dim=(1, 2)) / denom).mean()) for k in range(1, max_lag + 1)]
