@@ -11,7 +11,7 @@ from torch import Tensor, nn
 def sinusoidal_embedding(t: Tensor, dim: int, scale: float = 1000.0, max_period: float = 10_000.0) -> Tensor:
     """Transformer-style embedding of ``scale * t``: [sin(w_k s t), cos(w_k s t)], ``[B, dim]``.
 
-    Defined at t = 0 (DESIGN.md: embed t itself). ``dim`` must be even.
+    Defined at t = 0 (t itself is embedded, not log sigma(t)). ``dim`` must be even.
     """
     if dim % 2:
         raise ValueError(f"embedding dim must be even; got {dim}.")

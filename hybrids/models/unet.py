@@ -1,4 +1,4 @@
-"""Compact DDPM++-style score U-Net (papers/002 uses DDPM++; this keeps its structure, not its size).
+"""Compact DDPM++-style score U-Net (as in ScoreFlow, Song et al. 2021: its structure, not its size).
 
 ``net(x [B, C, H, W], t [B]) -> like x``. Structure: sinusoidal embedding of t -> MLP; a 3x3
 input conv; per resolution ``num_res_blocks`` residual blocks (GroupNorm, SiLU, conv, a
