@@ -49,6 +49,9 @@ def write_table_plots(root: Path, table: Table, rows_dirs: RowDirs) -> list[Path
         root: the table's directory (where ``table.md`` is).
         table: the table, for the pictures' titles.
         rows_dirs: ``(row label, row workdir)`` per row, in table order; missing files are skipped.
+            A row trained with several seeds (``seed_<i>/`` below its workdir) is drawn from its
+            first seed, except in ``pi_robustness.png``, which shows the mean over the seeds with
+            one-standard-deviation bars.
 
     Returns:
         The paths written, in the order of :data:`PICTURES`.
@@ -62,9 +65,10 @@ def write_table_plots(root: Path, table: Table, rows_dirs: RowDirs) -> list[Path
         "pi_robustness.png": _pi_robustness,
         "condition_number.png": _condition_numbers,
     }
+    first_runs = [(label, seed_runs(Path(row_dir))[0]) for label, row_dir in rows_dirs]
     written = []
     for name, draw in drawers.items():
-        fig = draw(rows_dirs)
+        fig = draw(rows_dirs if name == "pi_robustness.png" else first_runs)
         if fig is None:
             continue
         fig.suptitle(f"{table.name}: {PICTURES[name]}")
@@ -201,14 +205,36 @@ def _sample_panels(rows_dirs: RowDirs) -> Figure | None:
     return fig
 
 
+def seed_runs(row_dir: Path) -> list[Path]:
+    """The workdirs of a row's trainings: its ``seed_<i>/`` subdirectories in seed order, or the row
+    directory itself when it has none."""
+    seeds = [d for d in row_dir.glob("seed_*") if d.is_dir() and d.name[5:].isdigit()]
+    return sorted(seeds, key=lambda d: int(d.name[5:])) or [row_dir]
+
+
 def _pi_robustness(rows_dirs: RowDirs) -> Figure | None:
-    """NLL (bpd) against pi from ``pi_perturbation_eval``, with one-standard-error bars where known."""
+    """NLL (bpd) against pi from ``pi_perturbation_eval``: one training with one-standard-error bars
+    over images, or the mean over a row's seeds with one-standard-deviation bars over trainings."""
     fig, ax = None, None
     for label, row_dir in rows_dirs:
-        result = _results(row_dir).get("pi_perturbation_eval", {})
-        se = result.get("se", {})
-        points = sorted((float(pi), _finite(bpd), _finite(se.get(pi)) or 0.0)
-                        for pi, bpd in result.get("bpd", {}).items())
+        runs = [_results(d).get("pi_perturbation_eval", {}) for d in seed_runs(Path(row_dir))]
+        runs = [r for r in runs if r.get("bpd")]
+        if not runs:
+            continue
+        if len(runs) == 1:
+            se = runs[0].get("se", {})
+            points = sorted((float(pi), _finite(bpd), _finite(se.get(pi)) or 0.0)
+                            for pi, bpd in runs[0]["bpd"].items())
+        else:
+            pis = sorted(set.intersection(*(set(r["bpd"]) for r in runs)), key=float)
+            points = []
+            for pi in pis:
+                vals = [v for v in (_finite(r["bpd"][pi]) for r in runs) if v is not None]
+                if len(vals) > 1:
+                    mean = sum(vals) / len(vals)
+                    sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+                    points.append((float(pi), mean, sd))
+            label = f"{label} ({len(runs)} trainings)"
         points = [p for p in points if p[1] is not None]
         if not points:
             continue

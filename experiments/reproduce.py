@@ -167,8 +167,7 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
                      "ours_sd": ours_sd, "n_seeds": len(per_seed), "paper": dict(row.paper), "command": command})
         print(f"{table.name}: {row.label}: {status}" + (f" -- {rows[-1]['error']}" if errors else ""), flush=True)
     write_table(root, table, scale, rows, seeds)
-    pictures = write_table_plots(root, table, [(row.label, seed_dirs(root / row.slug, seeds)[0][0])
-                                               for row in table.rows])
+    pictures = write_table_plots(root, table, [(row.label, root / row.slug) for row in table.rows])
     append_picture_links(root / "table.md", pictures)
     return rows
 

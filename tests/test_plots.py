@@ -1,6 +1,8 @@
 """experiments.plots: the PNG pictures written next to a reproduced table, from fake row workdirs."""
 from __future__ import annotations
 
+import pytest
+
 import json
 from pathlib import Path
 
@@ -99,3 +101,25 @@ def test_gps_table_gets_condition_number_against_m(tmp_path):
 
     assert written == [tmp_path / "condition_number.png"]
     _assert_png(written[0])
+
+
+def test_pi_robustness_of_seeded_rows_is_the_mean_over_trainings(tmp_path):
+    """A row with seed_<i>/ workdirs is drawn as the mean over its trainings (the picture exists and
+    the other pictures read the first seed)."""
+    from experiments.plots import seed_runs, write_table_plots
+    from experiments.tables import TABLES
+    from hybrids.io import write_json
+
+    row = tmp_path / "row"
+    for i, bpd in enumerate((2.0, 2.2, 2.4)):
+        write_json(row / f"seed_{i}" / "results.json",
+                   {"results": {"pi_perturbation_eval": {"bpd": {"0.0": bpd, "1.0": bpd + 1}, "se": {}}}})
+    assert [d.name for d in seed_runs(row)] == ["seed_0", "seed_1", "seed_2"]
+    assert seed_runs(tmp_path / "plain") == [tmp_path / "plain"]
+    written = write_table_plots(tmp_path, TABLES["ncml_table1"], [("row", row)])
+    assert [p.name for p in written] == ["pi_robustness.png"]
+    from experiments.plots import _pi_robustness
+
+    ax = _pi_robustness([("row", row)]).axes[0]
+    assert list(ax.lines[0].get_ydata()) == pytest.approx([2.2, 3.2])  # the mean over the 3 trainings
+    assert "3 trainings" in ax.get_legend().get_texts()[0].get_text()
