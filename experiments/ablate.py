@@ -43,6 +43,7 @@ from experiments.cells import (
 from experiments.plots import append_picture_links, write_grid_plots
 from experiments.runner import MODES, RESULTS_FILE, parse_gin, resolve_gin_file
 from hybrids.io import atomic_write, atomic_write_text, read_json
+from hybrids.stats import mean_sd
 from hybrids.training import CHECKPOINT_DIR, latest_checkpoint
 
 FLAGS = flags.FLAGS
@@ -178,9 +179,7 @@ def write_seed_summary(workdir: Path, grid: dict[str, list], rows: list[dict[str
         line = [*setting, len(done)]
         for k in result_keys:
             vals = [float(m["results"][k]) for m in done if isinstance(m["results"].get(k), (int, float))]
-            mean = sum(vals) / len(vals) if vals else ""
-            sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else ""
-            line += [mean, sd]
+            line += ["" if v is None else v for v in mean_sd(vals)]
         lines.append(line)
     buf = io.StringIO()
     writer = csv.writer(buf)

@@ -26,6 +26,7 @@ import numpy as np
 from experiments.runner import RESULTS_FILE
 from experiments.tables import Table
 from hybrids.io import atomic_write, atomic_write_text, read_json, read_jsonl
+from hybrids.stats import mean_sd
 from hybrids.training import METRICS_FILE
 
 if TYPE_CHECKING:
@@ -231,9 +232,7 @@ def _pi_robustness(rows_dirs: RowDirs) -> Figure | None:
             for pi in pis:
                 vals = [v for v in (_finite(r["bpd"][pi]) for r in runs) if v is not None]
                 if len(vals) > 1:
-                    mean = sum(vals) / len(vals)
-                    sd = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
-                    points.append((float(pi), mean, sd))
+                    points.append((float(pi), *mean_sd(vals)))
             label = f"{label} ({len(runs)} trainings)"
         points = [p for p in points if p[1] is not None]
         if not points:

@@ -43,6 +43,7 @@ from experiments.plots import append_picture_links, write_table_plots
 from experiments.runner import RESULTS_FILE, resolve_gin_file
 from experiments.tables import SCALES, TABLES, Table
 from hybrids.io import atomic_write_text, read_json
+from hybrids.stats import mean_sd
 
 FLAGS = flags.FLAGS
 
@@ -95,9 +96,7 @@ def _summarise(values: list[Any]) -> tuple[Any, float | None, int]:
     nums = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if not nums:
         return (values[0] if values else None), None, 0
-    mean = sum(nums) / len(nums)
-    sd = (sum((v - mean) ** 2 for v in nums) / (len(nums) - 1)) ** 0.5 if len(nums) > 1 else None
-    return mean, sd, len(nums)
+    return (*mean_sd(nums), len(nums))
 
 
 def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only: bool = False,

@@ -20,3 +20,16 @@ def mean_ci(values: Tensor) -> dict[str, float]:
     mean = float(values.mean())
     se = float(values.std(unbiased=True) / math.sqrt(n)) if n > 1 else float("nan")
     return {"mean": mean, "se": se, "ci95_low": mean - 1.96 * se, "ci95_high": mean + 1.96 * se, "n": n}
+
+
+def mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1) of values, e.g. one result over trainings.
+
+    Returns:
+        ``(mean, sd)``; ``sd`` is None below 2 values, both are None for no value.
+    """
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+    return mean, sd

@@ -43,7 +43,7 @@ import gin
 import torch
 from torch import Tensor, nn
 
-from hybrids.data import ArrayDataset, quantize
+from hybrids.data import ArrayDataset, quantize, to_model_space
 from hybrids.sdes import SDE, sde_of
 from hybrids.tensors import model_dtype, rand, randn
 
@@ -163,6 +163,14 @@ def samples_output(x: Tensor, num_levels: int | None, hook: str = "sampler") -> 
             f"{hook} produced non-finite values in {int(bad.sum())} of {x.shape[0]} samples; lower its "
             "step size or raise its number of steps (or check the model's score for NaNs).")
     return x if num_levels is None else quantize(x, num_levels)
+
+
+def model_space_examples(model: nn.Module, data: ArrayDataset, num_examples: int | None,
+                  generator: torch.Generator) -> Tensor:
+    """The first ``num_examples`` examples of ``data`` in model space, in the model's dtype, on the CPU:
+    integer levels uniformly dequantized with ``generator``, float data cast."""
+    dtype = model_dtype(model)
+    return to_model_space(data.data[:num_examples], data.num_levels, generator, dtype).to(dtype)
 
 
 def hook_scope(hook: Callable) -> str | None:

@@ -10,17 +10,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hybrids.data import ArrayDataset, quantize, to_model_space
-from hybrids.hooks.base import evaluator, sampler
+from hybrids.data import ArrayDataset, quantize
+from hybrids.hooks.base import evaluator, model_space_examples, sampler
 from hybrids.metrics.denoising import mse, psnr, single_step_denoise
-from hybrids.tensors import model_dtype, randn_like
+from hybrids.tensors import randn_like
 
 
 def _noisy_pair(model: nn.Module, data: ArrayDataset, num_examples: int | None, sigma: float,
                 device: torch.device, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Clean x (model space, on ``device``) and y = x + sigma z."""
-    dtype = model_dtype(model)
-    x = to_model_space(data.data[:num_examples], data.num_levels, generator, dtype).to(dtype).to(device)
+    x = model_space_examples(model, data, num_examples, generator).to(device)
     return x, x + sigma * randn_like(x, generator)
 
 

@@ -14,8 +14,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from hybrids.data import ArrayDataset, load_dataset, perturb_lsb, to_model_space
-from hybrids.hooks.base import evaluator
+from hybrids.data import ArrayDataset, load_dataset, perturb_lsb
+from hybrids.hooks.base import evaluator, model_space_examples
 from hybrids.likelihood.bound import dsm_bound
 from hybrids.likelihood.density_grid import conditional_density_grid
 from hybrids.likelihood.dequantize import (VariationalDequantizer, dequantization_log_prob,
@@ -151,8 +151,7 @@ def score_likelihood_eval(
     """
     sde = sde_of(model, sde, binding="score_likelihood_eval.sde")
     num_levels = data.num_levels
-    dtype = model_dtype(model)
-    x_all = to_model_space(data.data[:num_examples], num_levels, generator, dtype).to(dtype)
+    x_all = model_space_examples(model, data, num_examples, generator)
     num_dims = x_all[0].numel()
     bounds, odes, nfes = [], [], []
     for start in range(0, x_all.shape[0], batch_size):
@@ -209,8 +208,7 @@ def dsm_loss_variance_eval(
         over dimensions).
     """
     sde = sde_of(model, sde, binding="dsm_loss_variance_eval.sde")
-    dtype = model_dtype(model)
-    x_all = to_model_space(data.data[:num_examples], data.num_levels, generator, dtype).to(dtype)
+    x_all = model_space_examples(model, data, num_examples, generator)
     out: dict[str, Any] = {"num_examples": int(x_all.shape[0]), "eps": eps}
     for name, importance in (("uniform", False), ("is", True)):
         objective = DSM(sde, weighting="likelihood", importance_sampling=importance, eps=eps, num_levels=None)
