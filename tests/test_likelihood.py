@@ -458,3 +458,47 @@ def test_bound_of_the_exact_score_is_unbiased_to_005_nats_per_dimension(sde):
     se = float(gap.std() / math.sqrt(gap.numel()))
     assert 4 * se < 0.05 * 3 / 2, se
     assert abs(float(gap.mean())) < 4 * se, (float(gap.mean()), se)
+
+
+@pytest.mark.parametrize("sde", SDES, ids=["ve", "vp", "subvp"])
+def test_ode_closed_by_the_models_own_log_density_is_consistent_for_one_diffusion(sde):
+    """log p_t0(x) = log p_t1(x_t1) + int_t0^t1 div F for the exact p_t of one diffusion: the
+    score/likelihood consistency gap is zero within solver tolerance. Catches a terminal density
+    that is ignored (the prior used instead: off by log pi - log p_t1, several nats here) or
+    evaluated at the wrong point (x instead of x_t1)."""
+    model = GaussianDataModel(MEAN, VAR, sde)
+    t0, t1 = 1e-3, 0.4
+    x = model.sample(4, t0, generator=torch.Generator().manual_seed(0))
+    res = ode_log_prob(model, sde, x, divergence="exact", eps=t0, t_end=t1, rtol=1e-8, atol=1e-8,
+                       terminal_log_prob=lambda z: model.log_prob(z, _t(t1, 4)))
+    torch.testing.assert_close(res.log_prob, model.log_prob(x, _t(t0, 4)), rtol=0, atol=1e-5)
+    torch.testing.assert_close(res.prior_log_prob, model.log_prob(res.z, _t(t1, 4)))
+
+
+def test_ode_closed_by_an_inconsistent_density_shows_the_gap():
+    """A score that is not the gradient of the terminal density's diffusion (here: the exact score
+    of data with twice the variance) leaves a gap far above solver tolerance. Catches a
+    consistency check that cannot fail (e.g. one that returns the model's own log p_t0)."""
+    sde = VPSDE()
+    truth, other = GaussianDataModel(MEAN, VAR, sde), GaussianDataModel(MEAN, 2 * VAR, sde)
+    t0, t1 = 1e-3, 0.4
+    x = truth.sample(4, t0, generator=torch.Generator().manual_seed(0))
+    res = ode_log_prob(other.score, sde, x, divergence="exact", eps=t0, t_end=t1, rtol=1e-8, atol=1e-8,
+                       terminal_log_prob=lambda z: truth.log_prob(z, _t(t1, 4)))
+    assert float((res.log_prob - truth.log_prob(x, _t(t0, 4))).abs().min()) > 0.1
+
+
+@pytest.mark.parametrize("norm", ["rms", "mixed"])
+def test_both_error_norms_reach_the_closed_form(norm):
+    """Both solver error norms give the closed-form ODE log-density (with the prior) to 1e-5 nats
+    per dimension at rtol = atol = 1e-7. Catches a norm that ignores part of the state (e.g. the
+    log-density channel never checked) only through its effect on accuracy."""
+    sde = VPSDE()
+    model = GaussianDataModel(MEAN, VAR, sde)
+    eps = 1e-5
+    x = model.sample(4, eps, generator=torch.Generator().manual_seed(0))
+    res = ode_log_prob(model, sde, x, divergence="exact", eps=eps, rtol=1e-7, atol=1e-7, norm=norm)
+    torch.testing.assert_close(res.delta_log_prob + model.log_prob(res.z, _t(sde.T, 4)),
+                               model.log_prob(x, _t(eps, 4)), rtol=0, atol=3e-5)
+    with pytest.raises(ValueError, match="Unknown error norm 'max'"):
+        ode_log_prob(model, sde, x, norm="max")

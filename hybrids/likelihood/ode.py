@@ -11,7 +11,17 @@ torchdiffeq together with the divergence integral, and
 
 (d/dt log p_t(x_t) = -div F along the flow). div F is computed exactly (D backward passes) or by
 Skilling-Hutchinson, v^T (dF/dx) v with ONE probe v (Rademacher or Gaussian) fixed for the whole
-solve. The prior term uses the SDE's prior pi = N(0, sigma_p^2 I) in place of p_T.
+solve. The prior term uses the SDE's prior pi = N(0, sigma_p^2 I) in place of p_T; with
+``terminal_log_prob`` any log-density at t_end closes the integral instead (e.g. a model's own
+log p_theta(. | t_end): the score/likelihood consistency of a noise-conditional density model,
+zero for a model whose noise levels form one diffusion).
+
+Error norm of the adaptive solver: ``'mixed'`` (default) is torchdiffeq's for tuple states, the
+largest of the per-tensor RMS norms of [x] and [log-density]; ``'rms'`` is one root-mean-square
+over the whole flattened state, as score_sde's scipy RK45 solve. Measured in
+``benchmarks/ode_likelihood.py`` (docs/benchmarks.md): ``'rms'`` takes 0.76-0.93x the
+evaluations of ``'mixed'`` at the same tolerances, with 1.1-1.5x its error on Gaussian data and
+0.5-1.2x on a trained U-Net; neither is the reference's equal at half its evaluations.
 
 With ``eps_correction=True`` the solve starts from x_eps ~ N(m_eps x, s_eps^2 I) and the result
 is log p_eps(x_eps) + log r(x | x_eps) + H, a stochastic lower bound on log p_0(x) (the Tweedie
@@ -21,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -34,6 +44,7 @@ from hybrids.tensors import expand_as_batch, randn_like
 
 DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")
+NORMS = ("rms", "mixed")
 # Adaptive torchdiffeq solvers accept ``step_t``: their steps then end exactly at the end time
 # instead of overshooting it (t < 0 makes sigma_t NaN for VP/subVP in the reverse direction).
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
@@ -70,6 +81,13 @@ def solver_errors(caller: str) -> Iterator[None]:
                                  f"{_SOLVER_ADVICE}") from err
 
 
+def rms_norm(state: tuple[Tensor, ...]) -> Tensor:
+    """sqrt(mean of squares) over every entry of every tensor of ``state``: the error norm of
+    scipy's ``solve_ivp`` on the flattened state (score_sde's likelihood solve)."""
+    squares = sum(part.pow(2).sum() for part in state)
+    return torch.sqrt(squares / sum(part.numel() for part in state))
+
+
 @dataclass
 class ODELikelihood:
     """Result of :func:`ode_log_prob` (nats; ``[B]`` tensors).
@@ -77,7 +95,7 @@ class ODELikelihood:
     Attributes:
         log_prob: log p(x) = prior_log_prob + delta_log_prob (plus the eps correction if used).
         nfe: number of evaluations of the ODE right-hand side (each one network call).
-        prior_log_prob: log pi(x_T).
+        prior_log_prob: log pi(x_T), or ``terminal_log_prob(x_{t_end})`` when one was given.
         delta_log_prob: int_eps^{t_end} div F dt.
         z: x_T, the end point of the flow, like x.
     """
@@ -135,6 +153,8 @@ def ode_log_prob(
     enable_grad: bool = False,
     eps_correction: bool = False,
     entropy: str = "closed_form",
+    norm: str = "mixed",
+    terminal_log_prob: Callable[[Tensor], Tensor] | None = None,
 ) -> ODELikelihood:
     """log p_eps(x) of a score model by the probability-flow ODE (see the module docstring).
 
@@ -153,6 +173,9 @@ def ode_log_prob(
             score function's parameters (and to ``x``); otherwise the outputs are detached.
         eps_correction: return the corrected lower bound on log p_0(x) (see module docstring).
         entropy: entropy term of the correction (``'closed_form'`` or ``'sample'``).
+        norm: error norm of the adaptive solver, ``'rms'`` or ``'mixed'`` (module docstring).
+        terminal_log_prob: ``z [B, ...] -> [B]``, the log-density at ``t_end`` that closes the
+            integral (default: the SDE's prior, right at t_end = T only).
 
     Returns:
         :class:`ODELikelihood`.
@@ -164,6 +187,8 @@ def ode_log_prob(
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"Unknown divergence {divergence!r}; choose one of {DIVERGENCES}.")
+    if norm not in NORMS:
+        raise ValueError(f"Unknown error norm {norm!r}; choose one of {NORMS}.")
     check_model_space(x, "ode_log_prob")
     t_end = sde.T if t_end is None else float(t_end)
     if not 0 < eps < t_end <= sde.T:
@@ -194,10 +219,12 @@ def ode_log_prob(
     times = torch.tensor([eps, t_end], dtype=x.dtype, device=x.device)
     state0 = (x if keep_graph else x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     with torch.set_grad_enabled(keep_graph), solver_errors("ode_log_prob"):
-        options = {"step_t": times[1:]} if method in ADAPTIVE_METHODS else None
+        options = None
+        if method in ADAPTIVE_METHODS:
+            options = {"step_t": times[1:], **({"norm": rms_norm} if norm == "rms" else {})}
         xs, delta = odeint(rhs, state0, times, rtol=rtol, atol=atol, method=method, options=options)
     z, delta = xs[-1], delta[-1]
-    prior = sde.prior_log_prob(z)
+    prior = sde.prior_log_prob(z) if terminal_log_prob is None else terminal_log_prob(z)
     log_prob = prior + delta
     if correction is not None:
         log_prob = log_prob + correction
