@@ -56,6 +56,20 @@ def test_ode_samples_have_data_moments(sde, denoise):
     assert torch.all((x.var(0) - (v_eps if denoise else VAR**2 * c.mean_coef**2 / v_eps)).abs() > 4 * var * math.sqrt(2 / (n - 1)))
 
 
+@pytest.mark.parametrize("sde", [VESDE(), VPSDE(), SubVPSDE()], ids=["ve", "vp", "subvp"])
+def test_ode_sampler_starts_at_any_time(sde):
+    """From exact draws of p_t at t_start = 0.3 < T the sampler follows the exact flow from t_start
+    (catches t_start ignored: the flow from T maps p_0.3 draws elsewhere)."""
+    model = GaussianDataModel(MEAN, VAR, sde)
+    x = model.sample(64, 0.3, generator=torch.Generator().manual_seed(0))
+    out = ode_sample(model, sde, x_init=x, t_start=0.3, eps=1e-3, rtol=1e-8, atol=1e-8)
+    c0 = sde.marginal_coefs(torch.tensor([0.3], dtype=F64))
+    ce = sde.marginal_coefs(torch.tensor([1e-3], dtype=F64))
+    v0, ve = c0.mean_coef**2 * VAR + c0.std**2, ce.mean_coef**2 * VAR + ce.std**2
+    exact = ce.mean_coef * MEAN + torch.sqrt(ve / v0) * (x - c0.mean_coef * MEAN)
+    torch.testing.assert_close(out.samples, exact, rtol=1e-5, atol=1e-5)
+
+
 def test_ode_sampler_arguments():
     sde = VPSDE()
     model = GaussianDataModel(MEAN, VAR, sde)
@@ -63,5 +77,14 @@ def test_ode_sampler_arguments():
         ode_sample(model, sde, (2, 2), eps=0.0)
     with pytest.raises(ValueError, match="shape"):
         ode_sample(model, sde)
+    with pytest.raises(ValueError, match="t_start"):
+        ode_sample(model, sde, x_init=torch.zeros(2, 2), t_start=1.5)
+    with pytest.raises(ValueError, match="t_start"):
+        ode_sample(model, sde, x_init=torch.zeros(2, 2), t_start=1e-3, eps=1e-3)
+    with pytest.raises(ValueError, match="give x_init"):
+        ode_sample(model, sde, (2, 2), t_start=0.5)
+    for tolerances in (dict(rtol=0.0), dict(atol=-1e-3), dict(rtol=float("nan")), dict(atol="1e-3")):
+        with pytest.raises(ValueError, match="of the adaptive ODE solver must be a finite number > 0"):
+            ode_sample(model, sde, (2, 2), **tolerances)
     out = ode_sample(model, sde, (3, 2), generator=torch.Generator().manual_seed(0), rtol=1e-3, atol=1e-3)
     assert out.samples.shape == (3, 2) and out.samples.dtype == torch.float32

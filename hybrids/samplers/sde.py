@@ -24,6 +24,7 @@ low dimension, and a 2-D Gaussian then came out with 17 times its variance.)
 
 With ``denoise=True`` the last predictor step returns its mean (no noise is added), which is
 score_sde's final denoising step. The sampler is free of gin; gin-configurable hooks wrap it.
+``CountedScore`` counts the score evaluations (NFE) of this or any other sampler.
 Gaussian draws follow ``hybrids.tensors``' rule (on the generator's device, then moved).
 """
 from __future__ import annotations
@@ -38,6 +39,28 @@ from hybrids.sdes import SDE
 from hybrids.tensors import expand_as_batch, randn_like
 
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class CountedScore:
+    """A score function that counts its calls: ``counted(x, t)`` returns ``score_fn(x, t)`` and adds 1
+    to ``counted.nfe``.
+
+    One call scores a whole batch ``[B, ...]``, so ``nfe`` is the number of network evaluations per
+    sample (NFE) of any sampler that is given ``counted`` as its score, e.g.
+    ``counted = CountedScore(model.score); pc_sample(counted, ...); counted.nfe``.
+
+    Args:
+        score_fn: s(x, t), ``[B, ...]``, ``[B]`` -> like x.
+    """
+
+    def __init__(self, score_fn: ScoreFn):
+        self.score_fn = score_fn
+        self.nfe = 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.score_fn(x, t)
+
 
 PREDICTORS = ("euler_maruyama", "reverse_diffusion")
 CORRECTORS = (None, "langevin")
