@@ -81,7 +81,7 @@ def test_annealed_langevin_samples_gaussian_data(doc_dir):
     sde = VESDE(sigma_min=0.01, sigma_max=5.0)
     model = GaussianDataModel(torch.full((2,), 1.5, dtype=torch.float64), torch.full((2,), 0.2, dtype=torch.float64), sde)
     data = ArrayDataset("moons", torch.zeros(4, 2), None, None)
-    out = annealed_langevin.annealed_langevin_sampler(
+    out = annealed_langevin.my_annealed_langevin_sampler(
         model, data, device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), num_samples=4000,
         num_steps=2000, num_noise_levels=10, step_lr=1e-4)
     x = out["samples"]
@@ -103,7 +103,7 @@ def test_the_new_objective_and_sampler_run_end_to_end_under_the_smoke_preset(doc
 
     gin.clear_config()
     out = run_experiment([str(doc_dir / "annealed_langevin_ve.gin"), *SMOKE], workdir=doc_dir / "al", mode="all")
-    assert (doc_dir / "al" / "samples" / "annealed_langevin_sampler_samples.png").exists()
+    assert (doc_dir / "al" / "samples" / "my_annealed_langevin_sampler_samples.png").exists()
     # The smoke preset never names the new sampler, yet its Budget shrank it: 20 steps in all.
     config = (doc_dir / "al" / "operative_config.gin").read_text()
     assert "Budget.num_steps = 20" in config

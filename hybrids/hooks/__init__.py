@@ -7,7 +7,7 @@ with ``import hybrids.hooks``. The contract (signature, outputs, result keys, PN
 | module | hooks |
 | --- | --- |
 | ``likelihood`` | ``pi_perturbation_eval``, ``score_likelihood_eval``, ``dsm_loss_variance_eval``, ``vardeq_likelihood_eval``, ``density_grid_eval`` |
-| ``samplers`` | ``ancestral_sampler``, ``hybrid_sampler``, ``pc_sampler``, ``ode_sampler``, ``ar_langevin_sampler``, ``model_sampler``, ``density_grid_image`` |
+| ``samplers`` | ``ancestral_sampler``, ``hybrid_sampler``, ``pc_sampler``, ``ode_sampler``, ``annealed_langevin_sampler``, ``ar_langevin_sampler``, ``model_sampler``, ``density_grid_image`` |
 | ``sample_quality`` | ``sample_fd_eval`` |
 | ``anomaly`` | ``score_norm_anomaly_eval``, ``density_anomaly_eval`` |
 | ``denoising`` | ``denoise_eval``, ``denoise_images`` |
@@ -20,14 +20,15 @@ from hybrids.hooks.denoising import denoise_eval, denoise_images
 from hybrids.hooks.likelihood import (density_grid_eval, dsm_loss_variance_eval, pi_perturbation_eval,
                                       score_likelihood_eval, vardeq_likelihood_eval)
 from hybrids.hooks.sample_quality import sample_fd_eval
-from hybrids.hooks.samplers import (ancestral_sampler, ar_langevin_sampler, density_grid_image, hybrid_sampler,
-                                    model_sampler, ode_sampler, pc_sampler)
+from hybrids.hooks.samplers import (ancestral_sampler, annealed_langevin_sampler, ar_langevin_sampler,
+                                    density_grid_image, hybrid_sampler, model_sampler, ode_sampler, pc_sampler)
 from hybrids.hooks.walk_jump import conditioning_eval, walk_jump_class_eval, walk_jump_sampler
 
 __all__ = [
-    "Budget", "Hook", "ancestral_sampler", "ar_langevin_sampler", "conditioning_eval", "density_anomaly_eval",
-    "density_grid_eval", "density_grid_image", "denoise_eval", "denoise_images", "dsm_loss_variance_eval",
-    "evaluator", "hook_keys", "hybrid_sampler", "model_sampler", "ode_sampler", "pc_sampler", "pi_perturbation_eval",
-    "sample_fd_eval", "sampler", "samples_output", "score_likelihood_eval", "score_norm_anomaly_eval",
-    "score_sampler_hook", "shape_sampler_hook", "vardeq_likelihood_eval", "walk_jump_class_eval", "walk_jump_sampler",
+    "Budget", "Hook", "ancestral_sampler", "annealed_langevin_sampler", "ar_langevin_sampler", "conditioning_eval",
+    "density_anomaly_eval", "density_grid_eval", "density_grid_image", "denoise_eval", "denoise_images",
+    "dsm_loss_variance_eval", "evaluator", "hook_keys", "hybrid_sampler", "model_sampler", "ode_sampler",
+    "pc_sampler", "pi_perturbation_eval", "sample_fd_eval", "sampler", "samples_output", "score_likelihood_eval",
+    "score_norm_anomaly_eval", "score_sampler_hook", "shape_sampler_hook", "vardeq_likelihood_eval",
+    "walk_jump_class_eval", "walk_jump_sampler",
 ]

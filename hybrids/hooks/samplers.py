@@ -1,5 +1,5 @@
 """Sampler hooks: ancestral and hybrid sampling of autoregressive mixtures, predictor-corrector and
-probability-flow ODE sampling of any model with a score, per-dimension Langevin for
+probability-flow ODE and annealed Langevin (NCSN) sampling of any model with a score, per-dimension Langevin for
 autoregressive score models, a model's own ``sample`` method, and the grid density picture of a
 2-D autoregressive score model.
 
@@ -14,11 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from hybrids.data import ArrayDataset
-from hybrids.hooks.base import sampler, samples_output, shape_sampler_hook
+from hybrids.hooks.base import sampler, samples_output, score_sampler_hook, shape_sampler_hook
 from hybrids.likelihood.density_grid import conditional_density_grid
 from hybrids.samplers.autoregressive import ancestral_sample
 from hybrids.samplers.hybrid import hybrid_sample
-from hybrids.samplers.langevin import ar_langevin_sample
+from hybrids.samplers.langevin import annealed_langevin_sample, ar_langevin_sample
 from hybrids.samplers.ode import ode_sample
 from hybrids.samplers.sde import sample_from_prior
 from hybrids.sdes import SDE, default_sampling_eps, sde_of
@@ -31,7 +31,16 @@ levels at t = 0 (bind ``ancestral_sampler.t`` for continuous values at a noise l
 
 hybrid_sampler = shape_sampler_hook(hybrid_sample, name="hybrid_sampler")
 """NCML's hybrid sampling (``hybrids.samplers.hybrid.hybrid_sample``): an ancestral draw at t0, then
-the reverse SDE with the model's autograd score; ``sde`` defaults to ``model.sde``."""
+a reverse solver with the model's autograd score (``reverse``: ``'pc'``, the reverse SDE, default;
+``'ode'``, the probability-flow ODE at ``rtol``/``atol``; ``'heun'``, EDM's Heun in ``num_steps``
+steps; the sizes ``num_steps``, ``rtol``, ``atol`` default to the Budget's); ``sde`` defaults to
+``model.sde``."""
+
+
+annealed_langevin_sampler = score_sampler_hook(annealed_langevin_sample, name="annealed_langevin_sampler")
+"""NCSN's annealed Langevin dynamics (``hybrids.samplers.langevin.annealed_langevin_sample``) for any
+model with a score, from draws of the SDE's prior; ``num_steps`` (all levels together) defaults to
+the Budget's, ``sde`` to ``model.sde``."""
 
 
 @sampler

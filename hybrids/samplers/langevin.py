@@ -1,15 +1,18 @@
-"""Overdamped Langevin samplers: plain, and per-dimension for AR-CSM.
+"""Overdamped Langevin samplers: plain, annealed over noise levels (NCSN), and per-dimension for
+AR-CSM.
 
+The annealed sampler is Algorithm 1 of Song and Ermon, "Generative Modeling by Estimating
+Gradients of the Data Distribution", NeurIPS 2019, for any model with a score ``score_fn(x, t)``.
 The per-dimension sampler is that of Meng, Yu, Song, Song and Ermon, "Autoregressive Score
 Matching", NeurIPS 2020, for models that implement
 :class:`hybrids.models.base.ARConditionalScoreModel`.
 
-Both use the unadjusted Langevin update with step size eps,
+All use the unadjusted Langevin update with step size eps,
 
     x <- x + eps * s(x) + sqrt(2 eps) z,   z ~ N(0, I),
 
-whose stationary law tends to the target as eps -> 0 (score_sde's convention; NCSN writes the same
-update with alpha = 2 eps).
+whose stationary law tends to the target as eps -> 0 (score_sde's convention and that of NCSN's
+released code; NCSN's paper writes the same update with alpha = 2 eps).
 """
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from hybrids.models.base import ARConditionalScoreModel
-from hybrids.tensors import model_device, model_dtype, randn, randn_like
+from hybrids.models.base import ARConditionalScoreModel, NoiseConditionalModel, ScoreFn, as_score_fn
+from hybrids.sdes import SDE, default_sampling_eps
+from hybrids.tensors import expand_as_batch, model_device, model_dtype, randn, randn_like
 
 
 def _check_steps(n_steps: int, step_size: float) -> None:
@@ -55,6 +59,148 @@ def langevin_sample(
     noise_scale = math.sqrt(2.0 * step_size)
     for _ in range(int(n_steps)):
         x = x + step_size * score_fn(x) + noise_scale * randn_like(x, generator)
+    return x
+
+
+def annealed_noise_levels(
+    sde: SDE,
+    *,
+    num_scales: int | None = None,
+    sigma_max: float | None = None,
+    sigma_min: float | None = None,
+    times: Sequence[float] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """NCSN's noise levels sigma_1 > ... > sigma_L and the times t_i with marginal std sigma_i.
+
+    Either geometric, sigma_i = sigma_max (sigma_min / sigma_max)^((i - 1) / (L - 1)), with
+    t_i = ``sde.t_for_std(sigma_i)``; or the given ``times``, with sigma_i = std(t_i).
+
+    Args:
+        sde: the SDE whose marginal stds are the noise levels.
+        num_scales: L (None: 10, NCSN's; with ``times``: their number).
+        sigma_max: sigma_1 (None: the SDE's std at T).
+        sigma_min: sigma_L (None: the SDE's std at ``default_sampling_eps(sde)``: about 0.01 for
+            the default VE, VP and subVP SDEs, NCSN's sigma_L).
+        times: explicit times t_1, ..., t_L instead (their stds must decrease).
+
+    Returns:
+        ``(sigmas, times)``, each ``[L]`` float64.
+
+    Raises:
+        ValueError: L < 1, sigma_max <= sigma_min (L > 1), stds outside the SDE's range (from
+            ``t_for_std``), ``times`` with sigma_max/sigma_min or a different num_scales, or stds
+            of ``times`` that do not strictly decrease.
+    """
+    if times is not None:
+        if sigma_max is not None or sigma_min is not None:
+            raise ValueError("give either the noise levels' times or sigma_max/sigma_min, not both.")
+        times = torch.as_tensor(times, dtype=torch.float64).flatten()
+        if num_scales is not None and num_scales != times.numel():
+            raise ValueError(f"num_scales = {num_scales} but {times.numel()} times were given.")
+        if times.numel() < 1:
+            raise ValueError("times must hold at least one time.")
+        sigmas = sde.marginal_coefs(times).std
+        if bool((sigmas[1:] >= sigmas[:-1]).any()):
+            raise ValueError(
+                f"annealed Langevin needs strictly decreasing noise levels sigma_1 > ... > sigma_L; the times "
+                f"{times.tolist()} give stds {sigmas.tolist()} (list the times from the noisiest down).")
+        return sigmas, times
+    num_scales = 10 if num_scales is None else num_scales
+    if isinstance(num_scales, bool) or not isinstance(num_scales, int) or num_scales < 1:
+        raise ValueError(f"num_scales (the number L of noise levels) must be an integer >= 1; got {num_scales!r}.")
+    ends = sde.marginal_coefs(torch.tensor([sde.T, default_sampling_eps(sde)], dtype=torch.float64)).std
+    hi = float(ends[0]) if sigma_max is None else float(sigma_max)
+    lo = float(ends[1]) if sigma_min is None else float(sigma_min)
+    if num_scales > 1 and not hi > lo > 0:
+        raise ValueError(f"annealed Langevin needs sigma_max > sigma_min > 0 (decreasing noise levels); got "
+                         f"sigma_max = {hi}, sigma_min = {lo}.")
+    sigmas = torch.exp(torch.linspace(math.log(hi), math.log(lo), num_scales, dtype=torch.float64))
+    return sigmas, sde.t_for_std(sigmas)
+
+
+@torch.no_grad()
+def annealed_langevin_sample(
+    score_fn: NoiseConditionalModel | ScoreFn,
+    sde: SDE,
+    x_init: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    num_steps: int | None = None,
+    num_scales: int | None = None,
+    sigma_max: float | None = None,
+    sigma_min: float | None = None,
+    times: Sequence[float] | None = None,
+    step_lr: float = 2e-5,
+    denoise: bool = False,
+) -> Tensor:
+    """Annealed Langevin dynamics (NCSN, Algorithm 1) for any model with a score ``s(x, t)``.
+
+    For the noise levels sigma_1 > ... > sigma_L at times t_i (:func:`annealed_noise_levels`), with
+    a_i = step_lr sigma_i^2 / sigma_L^2, run T_i updates at each level in turn,
+
+        x <- x + a_i s(x, t_i) + sqrt(2 a_i) z,   z ~ N(0, I),
+
+    which is Algorithm 1's x + (alpha_i / 2) s + sqrt(alpha_i) z with alpha_i = 2 a_i (the update of
+    NCSN's released code and of the library's other Langevin samplers). With ``denoise`` a last
+    Tweedie step returns E[x_0 | x_{t_L}] = (x + sigma_L^2 s(x, t_L)) / m(t_L) (m = 1 for VE).
+
+    gin (the hook ``hybrids.hooks.annealed_langevin_sampler``)::
+
+        experiment.samplers = [@annealed_langevin_sampler]
+        annealed_langevin_sampler.num_scales = 10
+        annealed_langevin_sampler.step_lr = 2e-5
+
+    Args:
+        score_fn: a model (its ``score``) or ``score_fn(x, t)`` with t ``[B]``.
+        sde: the SDE that maps noise levels to times.
+        x_init: ``[B, ...]`` initial state (the hook draws it from the SDE's prior).
+        generator: random source of z.
+        num_steps: updates in all, spread over the L levels as evenly as possible (the first
+            ``num_steps % L`` levels take one more); at least L. None: 100 L (NCSN's T = 100 per
+            level); the hook takes ``Budget.num_steps`` (1000: NCSN's 10 x 100).
+        num_scales, sigma_max, sigma_min, times: the noise levels (:func:`annealed_noise_levels`;
+            default: 10 levels, geometric between the SDE's stds at T and at its sampling eps).
+        step_lr: epsilon of a_i (NCSN: 2e-5 with sigma_L = 0.01).
+        denoise: finish with the Tweedie step.
+
+    Returns:
+        Samples like ``x_init``.
+
+    Raises:
+        ValueError: for bad noise levels (see :func:`annealed_noise_levels`), ``num_steps`` < L or
+            ``step_lr <= 0``.
+        FloatingPointError: when samples come out NaN or infinite.
+    """
+    sigmas, level_times = annealed_noise_levels(sde, num_scales=num_scales, sigma_max=sigma_max,
+                                                sigma_min=sigma_min, times=times)
+    n_levels = sigmas.numel()
+    num_steps = 100 * n_levels if num_steps is None else num_steps
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < n_levels:
+        raise ValueError(f"annealed Langevin needs an integer num_steps >= L = {n_levels} (at least one update "
+                         f"per noise level); got {num_steps!r}.")
+    if not step_lr > 0:
+        raise ValueError(f"step_lr must be positive, got {step_lr}")
+    score = as_score_fn(score_fn)
+    steps_each, extra = divmod(num_steps, n_levels)
+    sigma_last = float(sigmas[-1])
+    x = x_init
+    for i, (sigma, t) in enumerate(zip(sigmas.tolist(), level_times.tolist())):
+        a = step_lr * sigma**2 / sigma_last**2
+        t_vec = torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+        for _ in range(steps_each + (i < extra)):
+            x = x + a * score(x, t_vec) + math.sqrt(2 * a) * randn_like(x, generator)
+    if denoise:
+        t_vec = torch.full((x.shape[0],), float(level_times[-1]), dtype=x.dtype, device=x.device)
+        mean_coef = expand_as_batch(sde.marginal_coefs(t_vec).mean_coef, x)
+        x = (x + sigma_last**2 * score(x, t_vec)) / mean_coef
+    bad = ~torch.isfinite(x.flatten(1)).all(1)
+    if bool(bad.any()):
+        raise FloatingPointError(
+            f"annealed_langevin_sample: the samples are NaN or infinite in {int(bad.sum())} of {x.shape[0]} chains "
+            f"(step_lr={step_lr}, L={n_levels} levels from sigma={float(sigmas[0]):.4g} to {sigma_last:.4g}, "
+            f"num_steps={num_steps}): the chain diverged. Use a smaller step_lr (the largest step is "
+            f"step_lr (sigma_1 / sigma_L)^2 = {step_lr * float(sigmas[0]) ** 2 / sigma_last**2:.4g}), and check that "
+            "the score is finite.")
     return x
 
 
