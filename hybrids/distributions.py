@@ -53,7 +53,9 @@ __all__ = [
     "logistic_mixture_score",
     "num_mixture_params",
     "sample_discretized_logistic_mixture",
+    "sample_discretized_logistic_mixture_pixel",
     "sample_logistic_mixture",
+    "sample_logistic_mixture_pixel",
     "unpack_mixture_params",
 ]
 
@@ -324,10 +326,10 @@ def _mixture_noise(
 
     First ``u_mix: [B, H, W]`` (component choice), then ``u_logistic: [B, C, H, W]`` (inverse
     CDF), both with ``torch.rand`` on ``generator`` in float64 on the params' device. The draws
-    depend only on the generator state, B, C, H and W, so an autoregressive sampler may call the
-    samplers on the parameters of the whole image with the same generator state at every pixel
-    and keep one pixel. The uniforms are drawn on the generator's device (a CPU generator
-    works with CUDA params) and moved to the params' device.
+    depend only on the generator state, B, C, H and W; the per-pixel samplers
+    (``sample_logistic_mixture_pixel``, ...) draw those of a 1 x 1 image, ``[B]`` then
+    ``[B, C]``. The uniforms are drawn on the generator's device (a CPU generator works with
+    CUDA params) and moved to the params' device.
     """
     b, _, h, w = params.shape
     u_mix = rand((b, h, w), generator, dtype=torch.float64, device=params.device)
@@ -368,6 +370,64 @@ def _sample(
             x_c = level_values(k_c, num_levels, dtype=k_c.dtype)  # later channels couple on the centre
         values.append(x_c)
     return torch.stack(levels if num_levels is not None else values, dim=1)
+
+
+def _sample_pixel(
+    params: Tensor, num_channels: int | None, num_levels: int | None, generator
+) -> Tensor:
+    """``_sample`` of one pixel, params ``[B, P]`` -> ``[B, C]``, with the draws and the
+    arithmetic of ``_sample`` on the 1 x 1 image ``params[:, :, None, None]`` (``u_mix [B]``,
+    then ``u_logistic [B, C]``) and fewer ops: only the chosen component's parameters are
+    unpacked (the elementwise clamp and tanh commute with the selection)."""
+    if params.ndim != 2:
+        raise ValueError(f"params must have shape [B, P] (one pixel); got {tuple(params.shape)}.")
+    b, num_params = params.shape
+    c_num = infer_num_channels(num_params) if num_channels is None else num_channels
+    per_mix = num_mixture_params(c_num, 1)
+    if num_params % per_mix != 0:
+        raise ValueError(
+            f"params has P = {num_params} channels, not a multiple of {per_mix} = "
+            f"1 + 2C + C(C-1)/2 for C = {c_num} channels."
+        )
+    n = num_params // per_mix
+    params = params.detach()
+    u_mix = rand((b, 1), generator, dtype=torch.float64, device=params.device).to(params.dtype)
+    u_logistic = rand((b, c_num), generator, dtype=torch.float64, device=params.device)
+    # The component: log_softmax and cumsum on the 4-D layout, which round like _sample's.
+    log_pi = torch.log_softmax(params.narrow(1, 0, n).view(b, n, 1, 1), dim=1)
+    cdf = torch.cumsum(torch.exp(log_pi), dim=1).view(b, n)
+    idx = (cdf < u_mix).sum(dim=1, keepdim=True).clamp_(max=n - 1)  # [B, 1]
+    rows = per_mix - 1
+    chosen = params.narrow(1, n, rows * n).reshape(b, rows, n)
+    chosen = chosen.gather(2, idx.view(b, 1, 1).expand(b, rows, 1)).view(b, rows)
+    means = chosen.narrow(1, 0, c_num)
+    scales = torch.exp(chosen.narrow(1, c_num, c_num).clamp(min=LOG_SCALE_MIN))
+    eps = torch.finfo(torch.float64).eps
+    u = u_logistic.clamp(eps, 1.0 - eps)
+    logistic = (torch.log(u) - torch.log1p(-u)).to(params.dtype)
+    if c_num == 1:  # no coupling: every channel at once
+        x = means + scales * logistic
+        if num_levels is None:
+            return x
+        return _level(x, num_levels).to(torch.int64)
+    coeffs = torch.tanh(chosen.narrow(1, 2 * c_num, rows - 2 * c_num))
+    values, levels = [], []
+    for c in range(c_num):
+        mean = means.select(1, c)
+        for i in range(c):
+            mean = mean + coeffs.select(1, _pair_index(c, i)) * values[i]
+        x_c = mean + scales.select(1, c) * logistic.select(1, c)
+        if num_levels is not None:
+            k_c = _level(x_c, num_levels)
+            levels.append(k_c.to(torch.int64))
+            x_c = level_values(k_c, num_levels, dtype=k_c.dtype)  # later channels couple on the centre
+        values.append(x_c)
+    return torch.stack(levels if num_levels is not None else values, dim=1)
+
+
+def _level(x: Tensor, num_levels: int) -> Tensor:
+    """The bin of value x, as ``_sample`` computes it (float)."""
+    return torch.floor((x + 1.0) * (num_levels - 1) / 2.0 + 0.5).clamp_(0, num_levels - 1)
 
 
 def sample_logistic_mixture(
@@ -418,3 +478,46 @@ def sample_discretized_logistic_mixture(
     if num_levels < 2:
         raise ValueError(f"num_levels must be >= 2; got {num_levels}.")
     return _sample(params, num_channels, num_levels, generator)
+
+
+def sample_logistic_mixture_pixel(
+    params: Tensor, generator: torch.Generator | None = None, *, num_channels: int | None = None
+) -> Tensor:
+    """Draw x ~ p(x) of the continuous mixture at ONE pixel: ``sample_logistic_mixture`` of the
+    1 x 1 image ``params[:, :, None, None]`` (same law, same draws for the same generator
+    state: ``u_mix [B]`` then ``u_logistic [B, C]``). What ancestral sampling draws per pixel.
+
+    Args:
+        params: ``[B, P]`` mixture parameters of the pixel.
+        generator: source of the uniforms.
+        num_channels: C; inferred from P when None.
+
+    Returns:
+        ``[B, C]`` values in the dtype of ``params``.
+    """
+    return _sample_pixel(params, num_channels, None, generator)
+
+
+def sample_discretized_logistic_mixture_pixel(
+    params: Tensor,
+    num_levels: int,
+    generator: torch.Generator | None = None,
+    *,
+    num_channels: int | None = None,
+) -> Tensor:
+    """Draw levels k ~ P(k) of the discretized mixture at ONE pixel:
+    ``sample_discretized_logistic_mixture`` of the 1 x 1 image ``params[:, :, None, None]``
+    (same law, same draws for the same generator state).
+
+    Args:
+        params: ``[B, P]`` mixture parameters of the pixel.
+        num_levels: K >= 2.
+        generator: source of the uniforms.
+        num_channels: C; inferred from P when None.
+
+    Returns:
+        ``int64 [B, C]`` levels in {0..K-1}.
+    """
+    if num_levels < 2:
+        raise ValueError(f"num_levels must be >= 2; got {num_levels}.")
+    return _sample_pixel(params, num_channels, num_levels, generator)

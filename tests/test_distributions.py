@@ -21,7 +21,9 @@ from hybrids.distributions import (
     logistic_mixture_score,
     num_mixture_params,
     sample_discretized_logistic_mixture,
+    sample_discretized_logistic_mixture_pixel,
     sample_logistic_mixture,
+    sample_logistic_mixture_pixel,
     unpack_mixture_params,
 )
 
@@ -376,3 +378,53 @@ def test_sampling_is_deterministic_and_pixelwise():
     x1 = sample_logistic_mixture(params, torch.Generator().manual_seed(4))
     x2 = sample_logistic_mixture(params, torch.Generator().manual_seed(4))
     assert torch.equal(x1, x2) and x1.dtype == D64
+
+
+@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+@pytest.mark.parametrize("k_levels", [None, 5, 256])
+def test_pixel_samplers_equal_full_samplers_on_one_pixel(c, dtype, k_levels):
+    """The per-pixel samplers (params [B, P]) are the full-image samplers on the 1 x 1 image:
+    the same uniforms (u_mix [B], then u_logistic [B, C]) give bitwise the same values, and the
+    generator advances by the same draws, so their law is the full samplers'. Catches a
+    different component choice (cdf rounding), a missing coupling or clamp, other draws or
+    another draw order."""
+    for seed in range(20):
+        params = random_params(c, 4, seed, batch=64, log_scale_range=(-8.0, 1.0)).to(dtype)
+        g_pixel, g_full = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        if k_levels is None:
+            pixel = sample_logistic_mixture_pixel(params[:, :, 0, 0], g_pixel, num_channels=c)
+            full = sample_logistic_mixture(params, g_full, num_channels=c)
+        else:
+            pixel = sample_discretized_logistic_mixture_pixel(params[:, :, 0, 0], k_levels, g_pixel,
+                                                              num_channels=c)
+            full = sample_discretized_logistic_mixture(params, k_levels, g_full, num_channels=c)
+        assert pixel.shape == (64, c) and pixel.dtype == full.dtype
+        assert torch.equal(pixel, full[:, :, 0, 0])
+        assert torch.equal(g_pixel.get_state(), g_full.get_state())
+
+
+def test_pixel_samplers_follow_the_pmf():
+    """Distribution check of the per-pixel discrete sampler against the pmf (chi-square)."""
+    params = random_params(3, 3, 4, log_scale_range=(-2.0, -0.5), mean_range=(-0.8, 0.8))
+    k_levels, n = 4, 40_000
+    k = sample_discretized_logistic_mixture_pixel(params[:, :, 0, 0].expand(n, -1), k_levels,
+                                                  torch.Generator().manual_seed(1), num_channels=3)
+    codes = (k[:, 0] * k_levels + k[:, 1]) * k_levels + k[:, 2]
+    counts = torch.bincount(codes, minlength=k_levels**3).double()
+    grid = torch.tensor(list(itertools.product(range(k_levels), repeat=3)))[:, :, None, None]
+    probs = discretized_logistic_mixture_log_prob(params.expand(len(grid), -1, -1, -1), grid,
+                                                  k_levels).exp()
+    keep = probs * n >= 5
+    observed = torch.cat([counts[keep], counts[~keep].sum().view(1)])
+    expected = torch.cat([probs[keep], probs[~keep].sum().view(1)]) * n
+    assert stats.chisquare(observed.numpy(), expected.numpy() * n / float(expected.sum())).pvalue > 1e-4
+
+
+def test_pixel_samplers_reject_bad_params():
+    with pytest.raises(ValueError, match=r"\[B, P\]"):
+        sample_logistic_mixture_pixel(torch.zeros(2, 3, 1, 1))
+    with pytest.raises(ValueError, match="not a multiple"):
+        sample_logistic_mixture_pixel(torch.zeros(2, 7), num_channels=1)
+    with pytest.raises(ValueError, match="num_levels"):
+        sample_discretized_logistic_mixture_pixel(torch.zeros(2, 3), 1)

@@ -1,8 +1,10 @@
-"""Row-cached incremental evaluation of PixelCNN++ / NCPN (hybrids.models.pixelcnnpp_incremental).
+"""Per-pixel cached evaluation of PixelCNN++ / NCPN (hybrids.models.pixelcnnpp_incremental).
 
-* after any sequence of pixel edits, the cached params of the rows asked for equal the full
-  forward pass (float64, odd and even sizes, attention, weight norm);
-* the cache recomputes exactly the stale rows that a request needs, and nothing twice;
+* pixel by pixel in raster order, each pixel set after it is asked for (what the sampler does),
+  the cached params of every pixel equal the full forward pass (float64, odd and even sizes, 0-2
+  resnets, attention, weight norm, NCPN's conditioning); in float32 they agree to rounding;
+* after edits anywhere (also before pixels already evaluated) the params asked for are current;
+* a raster pass computes every position of every stage exactly once;
 * misuse raises.
 """
 from __future__ import annotations
@@ -15,11 +17,11 @@ from hybrids.models.pixelcnnpp import NCPN, PixelCNNpp
 from hybrids.models.pixelcnnpp_incremental import STAGES, IncrementalPixelCNN
 from hybrids.sdes import VESDE, VPSDE
 
-SHAPES = [(1, 7, 7), (3, 5, 9), (1, 8, 8), (1, 4, 4)]
-ATTENTION = [(), ("up",), ("up", "down")]
+SHAPES = [(1, 7, 7), (3, 5, 9), (1, 8, 8), (1, 4, 4), (1, 9, 6)]
+ATTENTION = [(), ("up",), ("down",), ("up", "down")]
 
 
-def _model(kind, shape, nr_filters, nr_resnet, attention, weight_norm, seed):
+def _model(kind, shape, nr_filters, nr_resnet, attention, weight_norm, seed, dtype=torch.float64):
     kw = dict(num_levels=17, nr_filters=nr_filters, nr_resnet=nr_resnet, nr_logistic_mix=2,
               dropout=0.5, weight_norm=weight_norm)
     with torch.random.fork_rng():
@@ -29,24 +31,68 @@ def _model(kind, shape, nr_filters, nr_resnet, attention, weight_norm, seed):
         else:
             sde = VESDE() if kind == "ncpn_ve" else VPSDE()
             model = NCPN(shape, sde=sde, attention=attention, **kw)
-    return model.double().eval()  # dropout 0.5 is inactive in eval mode
+    return model.to(dtype).eval()  # dropout 0.5 is inactive in eval mode
 
 
-@settings(max_examples=24, deadline=None)
+def _raster_pass(evaluator, x):
+    """Ask for every pixel in raster order, setting it to its value in ``x`` afterwards (what
+    ancestral sampling does); returns the params asked for, ``[B, P, H, W]``."""
+    _, _, height, width = x.shape
+    rows = []
+    for r in range(height):
+        row = []
+        for c in range(width):
+            row.append(evaluator.pixel_params(r, c).clone())
+            evaluator.set_pixel(r, c, x[:, :, r, c])
+        rows.append(torch.stack(row, dim=-1))
+    return torch.stack(rows, dim=-2)
+
+
+@settings(max_examples=30, deadline=None)
 @given(
     kind=st.sampled_from(["pixelcnnpp", "ncpn_vp", "ncpn_ve"]),
     shape=st.sampled_from(SHAPES),
-    nr_filters=st.integers(4, 8),
+    nr_filters=st.integers(3, 8),
     nr_resnet=st.integers(0, 2),
     attention=st.sampled_from(ATTENTION),
     weight_norm=st.booleans(),
     seed=st.integers(0, 2**16),
-    edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.floats(0, 1, exclude_max=True),
-                             st.floats(0, 1, exclude_max=True)), min_size=1, max_size=6),
 )
-def test_cached_params_equal_full_pass(kind, shape, nr_filters, nr_resnet, attention, weight_norm,
-                                       seed, edits):
+def test_pixel_by_pixel_params_equal_full_pass(kind, shape, nr_filters, nr_resnet, attention,
+                                               weight_norm, seed):
+    """The central exactness check (float64, 1e-10). Starting from a placeholder image and
+    setting each pixel after asking for it, pixel (r, c)'s cached params equal ``model(x)`` at
+    (r, c). Catches any wrong window offset or padding, a wrong skip wiring between the up and
+    down passes, a lower-resolution position computed before its inputs are complete (or not
+    recomputed), an attention key/value computed before its pixel is set or attending to the
+    wrong range, a missing conditioning term, and wrongly read weight-normalised weights."""
     model = _model(kind, shape, nr_filters, nr_resnet, attention, weight_norm, seed)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((2,) + shape, generator=g, dtype=torch.float64) * 2 - 1
+    t = torch.rand(2, generator=g, dtype=torch.float64)
+    evaluator = IncrementalPixelCNN(model)
+    evaluator.reset(torch.zeros_like(x), t)
+    cached = _raster_pass(evaluator, x)
+    torch.testing.assert_close(cached, model(x, t), rtol=0, atol=1e-10)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    kind=st.sampled_from(["pixelcnnpp", "ncpn_vp"]),
+    shape=st.sampled_from(SHAPES),
+    nr_resnet=st.integers(0, 2),
+    attention=st.sampled_from(ATTENTION),
+    seed=st.integers(0, 2**16),
+    edits=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.floats(0, 1, exclude_max=True),
+                             st.floats(0, 1, exclude_max=True), st.booleans()),
+                   min_size=1, max_size=6),
+)
+def test_params_are_current_after_edits_anywhere(kind, shape, nr_resnet, attention, seed, edits):
+    """Edits before pixels already evaluated make the evaluator evaluate them again: after each
+    edit, the rows (``params``) or the pixel (``pixel_params``) asked for equal the full pass.
+    Catches a frontier that is not moved back by ``set_pixel`` (stale params) or moved back too
+    little (a position of the edited pixel's successors kept)."""
+    model = _model(kind, shape, 5, nr_resnet, attention, False, seed)
     _, height, width = shape
     g = torch.Generator().manual_seed(seed)
     x = torch.rand((2,) + shape, generator=g, dtype=torch.float64) * 2 - 1
@@ -54,85 +100,58 @@ def test_cached_params_equal_full_pass(kind, shape, nr_filters, nr_resnet, atten
     evaluator = IncrementalPixelCNN(model)
     evaluator.reset(x, t)
     torch.testing.assert_close(evaluator.params(), model(x, t), rtol=0, atol=1e-10)
-    for u_row, u_col, u_req in edits:
+    for u_row, u_col, u_req, whole_rows in edits:
         row, col = int(u_row * height), int(u_col * width)
         value = torch.rand(2, shape[0], generator=g, dtype=torch.float64) * 2 - 1
         x[:, :, row, col] = value
         evaluator.set_pixel(row, col, value)
-        up_to = row + int(u_req * (height - row))  # any row >= the edited one
         full = model(x, t)
-        cached = evaluator.params(up_to)
-        assert cached.shape == full.shape
-        torch.testing.assert_close(cached[:, :, : up_to + 1], full[:, :, : up_to + 1], rtol=0, atol=1e-10)
-    assert torch.equal(evaluator.x, x)
+        p = int(u_req * height * width)  # any pixel
+        if whole_rows:
+            r = p // width
+            torch.testing.assert_close(evaluator.params(r)[:, :, : r + 1], full[:, :, : r + 1],
+                                       rtol=0, atol=1e-10)
+        else:
+            r, c = divmod(p, width)
+            torch.testing.assert_close(evaluator.pixel_params(r, c), full[:, :, r, c],
+                                       rtol=0, atol=1e-10)
 
 
-def test_edit_in_place_then_invalidate():
-    model = _model("ncpn_vp", (3, 5, 9), 6, 1, ("up", "down"), True, 0)
-    x = torch.rand(2, 3, 5, 9, dtype=torch.float64) * 2 - 1
+@pytest.mark.parametrize("kind,attention", [("pixelcnnpp", ()), ("ncpn_vp", ("up", "down"))])
+def test_float32_params_agree_to_rounding(kind, attention):
+    """float32 (12x12, 16 filters): the GEMMs round differently from the full pass's
+    convolutions, by float32 rounding only. Catches a dtype mix-up (e.g. float64 buffers or
+    weights in a float32 model) and any error above rounding that float64 tests might not
+    exercise."""
+    model = _model(kind, (1, 12, 12), 16, 1, attention, False, 3, dtype=torch.float32)
+    x = torch.rand(2, 1, 12, 12, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    t = torch.full((2,), 0.3)
     evaluator = IncrementalPixelCNN(model)
-    evaluator.reset(x, 0.3)
-    evaluator.params()
-    evaluator.x[:, :, 3:] = 0.25  # rows 3.. changed behind the evaluator's back
-    x[:, :, 3:] = 0.25
-    evaluator.invalidate_from_row(3)
-    torch.testing.assert_close(evaluator.params(), model(x, torch.full((2,), 0.3, dtype=torch.float64)),
-                               rtol=0, atol=1e-10)
+    evaluator.reset(torch.zeros_like(x), t)
+    cached = _raster_pass(evaluator, x)
+    assert cached.dtype == torch.float32
+    torch.testing.assert_close(cached, model(x, t), rtol=1e-5, atol=1e-5)
 
 
-def _first_stale(row: int, level: int, stream: str) -> int:
-    """First row of a map at ``level`` that depends on input row ``row``: ul maps see row R at
-    full resolution, u maps (down-shifted) only from row R + 1; each stride-2 step halves."""
-    first = row if stream == "ul" else row + 1
-    for _ in range(level):
-        first = (first + 1) // 2
-    return first
-
-
-@pytest.mark.parametrize("shape", [(1, 7, 7), (1, 8, 8)], ids=str)
-def test_cache_computes_each_stale_row_once(shape):
+@pytest.mark.parametrize("shape", [(1, 7, 7), (1, 8, 8), (1, 6, 11)], ids=str)
+def test_raster_pass_computes_each_position_once(shape):
+    """Asking for the pixels in raster order computes every position of every stage once: the
+    ul stages one position per pixel at full resolution (per 2x2 / 4x4 block below), the u stages
+    one row per image row (per 2 / 4 rows below). Catches recomputation (a frontier moved back
+    by ``set_pixel`` of the pixel just evaluated) and positions computed at the wrong pixel."""
     model = _model("ncpn_vp", shape, 4, 1, ("up", "down"), False, 1)
     evaluator = IncrementalPixelCNN(model)
-    x = torch.zeros((1,) + shape, dtype=torch.float64)
-    evaluator.reset(x)
+    x = torch.rand((1,) + shape, dtype=torch.float64)
+    evaluator.reset(torch.zeros_like(x))
     heights = [h for h, _ in evaluator.sizes]
     assert heights == [shape[1], (shape[1] + 1) // 2, ((shape[1] + 1) // 2 + 1) // 2]
-
-    evaluator.params(0)  # row 0 needs row 0 of every stage, nothing else
-    assert evaluator.rows_computed == dict.fromkeys(STAGES, 1)
-    evaluator.params()
-    full = {stage: heights[int(stage.split(".")[0][-1])] for stage in STAGES}
-    assert evaluator.rows_computed == full
-    evaluator.params()  # nothing changed: nothing recomputed
-    evaluator.params(3)
-    assert evaluator.rows_computed == full
-
-    row = 4
-    evaluator.set_pixel(row, 2, torch.ones(1, 1, dtype=torch.float64))
-    evaluator.params()
-    for stage in STAGES:
-        block, stream = stage.split(".")
-        level = int(block[-1])
-        recomputed = evaluator.rows_computed[stage] - full[stage]
-        # Exactly the rows from the first one that depends on input row 4: rows above are kept.
-        assert recomputed == heights[level] - _first_stale(row, level, stream), stage
-    x[:, :, row, 2] = 1.0
-    torch.testing.assert_close(evaluator.params(), model(x), rtol=0, atol=1e-10)
-
-
-def test_u_stream_is_not_recomputed_within_a_row():
-    """Edits in row r leave the down-shifted u maps of rows <= r valid."""
-    model = _model("pixelcnnpp", (1, 8, 8), 4, 1, (), False, 2)
-    evaluator = IncrementalPixelCNN(model)
-    evaluator.reset(torch.zeros(1, 1, 8, 8, dtype=torch.float64))
-    evaluator.params(5)
-    before = dict(evaluator.rows_computed)
-    for col in range(8):
-        evaluator.set_pixel(5, col, torch.full((1, 1), 0.5, dtype=torch.float64))
-        evaluator.params(5)
-    after = evaluator.rows_computed
-    assert after["up0.u"] == before["up0.u"] and after["down0.u"] == before["down0.u"]
-    assert after["up0.ul"] - before["up0.ul"] == 8 and after["down0.ul"] - before["down0.ul"] == 8
+    _raster_pass(evaluator, x)
+    areas = [h * w for h, w in evaluator.sizes]
+    expected = {stage: areas[int(stage.split(".")[0][-1])] for stage in STAGES}
+    assert evaluator.positions_computed == expected
+    assert evaluator.rows_computed == {s: heights[int(s.split(".")[0][-1])] for s in STAGES}
+    evaluator.params()  # everything evaluated and nothing changed: nothing recomputed
+    assert evaluator.positions_computed == expected
 
 
 def test_misuse_raises():
@@ -142,11 +161,15 @@ def test_misuse_raises():
     evaluator = IncrementalPixelCNN(model)
     with pytest.raises(RuntimeError, match="reset"):
         evaluator.params()
+    with pytest.raises(RuntimeError, match="reset"):
+        evaluator.pixel_params(0, 0)
     with pytest.raises(ValueError, match="expects inputs of shape"):
         evaluator.reset(torch.zeros(1, 1, 5, 4, dtype=torch.float64))
     evaluator.reset(torch.zeros(1, 1, 4, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="up_to_row"):
         evaluator.params(4)
+    with pytest.raises(ValueError, match="outside"):
+        evaluator.pixel_params(0, 4)
     model.train()
     with pytest.raises(ValueError, match="eval mode"):
         evaluator.reset(torch.zeros(1, 1, 4, 4, dtype=torch.float64))

@@ -6,6 +6,7 @@ from hybrids.models.base import (
     ARConditionalScoreModel,
     IncrementalCache,
     NoiseConditionalModel,
+    PixelIncrementalCache,
 )
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "GaussianDataModel",
     "IncrementalCache",
     "NoiseConditionalModel",
+    "PixelIncrementalCache",
 ]
 from hybrids.models.gps import GPSModel  # noqa: E402
 

@@ -19,8 +19,8 @@ Two side contracts are declared here as subclasses, so that samplers check them 
   ``head(x_d, c, t)``. ``hybrids.samplers.ar_langevin_sample`` needs it.
 * :class:`AncestralMixtureModel`: autoregressive logistic-mixture models in raster order
   (``model(x, t) -> params``, ``num_levels``) with an optional incremental evaluator
-  (``incremental_cache()``, see :class:`IncrementalCache`). ``hybrids.samplers.ancestral_sample``
-  needs it.
+  (``incremental_cache()``, see :class:`IncrementalCache` and :class:`PixelIncrementalCache`).
+  ``hybrids.samplers.ancestral_sample`` needs it.
 
 Objectives, samplers and likelihood tools take a model (or any ``score_fn(x, t)`` callable) and
 an SDE; they never reach into a network's internals.
@@ -315,9 +315,9 @@ class IncrementalCache(Protocol):
 
     Ancestral sampling changes one pixel at a time; a cache recomputes only what depends on it
     (``hybrids.models.pixelcnnpp_incremental.IncrementalPixelCNN`` for PixelCNN++ and NCPN, in
-    the spirit of Ramachandran et al., "Fast Generation for Convolutional Autoregressive
-    Models", ICLR 2017 workshop). ``params(r)`` must equal the rows <= r of ``model(x, t)`` for
-    the current x.
+    the style of Ramachandran et al., "Fast Generation for Convolutional Autoregressive Models",
+    ICLR 2017 workshop). ``params(r)`` must equal the rows <= r of ``model(x, t)`` for the
+    current x.
     """
 
     def reset(self, x: Tensor, t: Tensor | float | None = None) -> None:
@@ -328,6 +328,19 @@ class IncrementalCache(Protocol):
 
     def set_pixel(self, row: int, col: int, value: Tensor) -> None:
         """Set input pixel (row, col) to ``value [B, C]``."""
+
+
+@runtime_checkable
+class PixelIncrementalCache(IncrementalCache, Protocol):
+    """An :class:`IncrementalCache` that also evaluates single pixels.
+
+    ``pixel_params(r, c)`` must equal pixel (r, c) of ``model(x, t)`` for the current x; asked
+    for pixel after pixel in raster order, each set before the next is asked for, a cache can
+    compute about one position per layer per pixel instead of a row.
+    """
+
+    def pixel_params(self, row: int, col: int) -> Tensor:
+        """Mixture params ``[B, P]`` of pixel (row, col)."""
 
 
 class AncestralMixtureModel(NoiseConditionalModel):

@@ -10,8 +10,8 @@ pixel are ordered R -> G -> B by the channel coupling of the logistic-mixture he
 (``hybrids.distributions``), so the mixture parameters of pixel i depend on pixels before i only,
 never on any channel of pixel i itself. Both implement
 :class:`hybrids.models.base.AncestralMixtureModel`: ``hybrids.samplers.ancestral_sample`` draws
-from them, with the row cache of ``hybrids.models.pixelcnnpp_incremental`` in eval mode
-(``incremental_cache``).
+from them, with the per-pixel activation cache of ``hybrids.models.pixelcnnpp_incremental`` in
+eval mode (``incremental_cache``).
 
 Architecture (PixelCNN++): the input in model space [-1, 1] is padded with a channel of ones and
 fed to two streams, "u" (down-shifted: rows above) and "ul" (down-right-shifted: rows above and
@@ -152,7 +152,7 @@ class _MixturePixelCNN(AncestralMixtureModel):
     """Shared density interface of PixelCNN++ and NCPN (everything but the conditioning).
 
     ``forward(x, t)`` (in the subclasses) gives the mixture params ``[B, P, H, W]``; this class
-    turns them into ``discrete_log_prob`` and ``log_prob`` and offers the row cache for
+    turns them into ``discrete_log_prob`` and ``log_prob`` and offers the activation cache for
     ancestral sampling (``incremental_cache``).
     """
 
@@ -177,7 +177,7 @@ class _MixturePixelCNN(AncestralMixtureModel):
         return model_dtype(self)
 
     def incremental_cache(self) -> IncrementalCache | None:
-        """A fresh row-cached evaluator (``IncrementalPixelCNN(self)``) in eval mode, else None.
+        """A fresh cached evaluator (``IncrementalPixelCNN(self)``: per pixel, and by rows) in eval mode, else None.
 
         In train mode dropout is active and the cache does not apply; the sampler then runs full
         forward passes.

@@ -1,213 +1,182 @@
-"""Incremental (row-cached) evaluation of PixelCNN++ / NCPN for ancestral sampling.
+"""Per-pixel cached evaluation of PixelCNN++ / NCPN for ancestral sampling.
 
-Activation caching in the spirit of Fast PixelCNN++ (Ramachandran et al., "Fast Generation for
-Convolutional Autoregressive Models", ICLR 2017 workshop), at row granularity: every
-intermediate map of ``_PixelCNNppNet.forward`` is kept at full size, and after an input pixel in
-row R changes only the rows that can depend on it are recomputed, and only when a later request
-needs them. The net is evaluated op by op on bands of rows [lo, hi] with the
-model's own weights (weight-normalised ones as the parametrisation computes them), its
-conditioning ``Linear`` (NCPN) and its crops; the model must be in eval mode, where dropout is
-the identity.
+Activation caching in the style of Fast PixelCNN++ (Ramachandran et al., "Fast Generation for
+Convolutional Autoregressive Models", ICLR 2017 workshop): the network is evaluated pixel by
+pixel in raster order, and every layer keeps the activations its later outputs read, so a new
+pixel costs about one position's work per layer. The model must be in eval mode (dropout is then
+the identity); its weights (weight-normalised ones as the parametrisation computes them), its
+conditioning ``Linear`` layers (NCPN) and its crops are read at ``reset``.
 
-Why rows are enough (each map's row R depends on its inputs' rows <= R only):
+Why one position per layer is enough. The down-right ("ul") stream at resolution level l (map
+size H_l = ceil(H_{l-1} / 2), level 0 the image) keeps position (m, n) of every layer valid once
+computed: at level 0 it depends only on pixels strictly before (m, n) in raster order, and at level
+l only on pixels strictly before (2^l m, 2^l n). So position (m, n) of level l is computed once, at
+pixel (2^l m, 2^l n), the first pixel that needs it (full-resolution pixel (r, c) of the down pass
+reads the upsampled level-1 map at (r // 2, c // 2) only):
 
-* down-shifted / down-right-shifted convolutions pad kh - 1 rows on top: output row R reads input
-  rows R - kh + 1 .. R; with stride 2 output row m reads input rows 2m - 1, 2m; 1x1 convolutions
-  and elementwise ops are row-local;
-* the stride-2 transposed convolutions have kernel height 2: output row R reads input row
-  floor(R / 2) only (the module then crops to the matching up-pass size);
-* the attention is strictly causal in raster order.
+* the 2x2 down-right convolutions read the window (m - 1 .. m, n - 1 .. n) of their input,
+  earlier positions of the same level; the stride-2 downsampling reads the window
+  (2m - 1 .. 2m, 2n - 1 .. 2n) of the finer level, computed by the same pixel or earlier; the
+  stride-2 transposed convolution reads position (m // 2, n // 2) of the coarser level;
+* NCPN's causal attention (full resolution): the query of pixel p attends to the keys/values of
+  pixels < p, kept in a cache; the key/value of pixel p - 1 reads that pixel's value, so it is
+  computed at pixel p, once the sampler has set it.
 
-Stages: the net is split by resolution level l (map height H_l = ceil(H_{l-1} / 2)) into up0
-(init convs, first up block, 'up' attention), up1, up2 (each starting with the stride-2
-downsampling of the previous one), down2, down1, down0 (the last two starting with the upsampling
-of the previous one; down0 ends with the 'down' attention and the head), and each of those into
-its two streams: "u" (down-shifted) never reads "ul" (down-right-shifted), and at full resolution
-row R of u depends on input rows < R only. Each stage keeps the number of its leading rows that
-are valid. A change of input row R invalidates level-l rows from R_l, with R_0 = R for ul and
-R + 1 for u and R_{l+1} = ceil(R_l / 2); rows <= hi of a stage need (same stream; ul also needs
-u of its own stage <= hi)
+The down-shifted ("u") stream at level l, row m depends on image rows < 2^l m only: it is computed
+a row at a time (every op of the row at once, with the model's own convolutions) when image row
+2^l m starts, together with what the ul stream reads from it (the skip 1x1 convolutions on u,
+folded into the bias of the ul convolution at each position).
 
-    up1: up0 <= 2 hi    up2: up1 <= 2 hi    down2: up2 <= hi
-    down1: down2 <= floor(hi / 2), up1 <= hi    down0: down1 <= floor(hi / 2), up0 <= hi.
+Per position, every convolution is one GEMM (``torch.addmm``) on its window gathered from a
+channel-last buffer, with weights precomputed as 2-D matrices. Maps are stored as [y, -y] (what
+``concat_elu`` feeds the next convolution: the weights are doubled to [W, -W] so that the GEMM
+writes both halves; convolutions of the plain map y get zero rows for -y), in buffers padded with
+a zero row on top and a zero column on the left, so a window is a strided view and needs no
+``F.pad``. For PixelCNN++ with one resnet per block, a pixel costs about 11 small GEMMs and
+twice as many elementwise ops (profiled at 28x28; timings in docs/benchmarks.md).
 
-Sampling pixel (r, c) after a change of pixel (r, c - 1) then recomputes row r of the ul stream
-at full resolution (plus one row of the ul stream at half resolution for even r, and at quarter
-resolution for r divisible by 4); the u stream is recomputed once per image row.
+Besides pixels in raster order (``pixel_params``), the evaluator answers for whole rows
+(``params``, the :class:`hybrids.models.base.IncrementalCache` protocol) and after edits
+anywhere: ``set_pixel`` moves the first pixel to evaluate (the frontier) back to the pixel after
+the edited one; everything computed for the pixels before it stays valid.
 
-Exactness: the same ops run on slices of the same maps, so the result equals the full forward
-pass up to the rounding of kernels whose arithmetic depends on the tensor shape (float64
-convolutions may sum in another order: ~1e-16, tested to 1e-10). Where this is under our control
-the bands are set up to round like the full pass: elementwise functions see runs whose length is
-a multiple of the SIMD width (``_vectorized``), 1x1 convolutions of a few pixels run on the full
-map's shape (``_SMALL_1X1``), and the attention's queries of a band attend to the full-length
-key/value cache with the forward's strict mask (keys not yet computed are finite and get weight
-exactly 0). With float32 on CPU the cached params then round like the full pass almost
-everywhere: for the 28x28 models of ``benchmarks/ar_sampling.py`` (AVX2, one thread) the discrete
-samples are bitwise equal and the continuous ones equal or within 5e-7.
+Exactness: the same arithmetic in another order. Float64 params equal the full forward pass to
+~1e-15 (tested to 1e-10); in float32 they differ from the full pass's oneDNN convolutions by
+float32 rounding (~1e-6), so a sampled level can differ from the naive sampler's when the draw
+lies that close to a bin edge (see ``hybrids.samplers.autoregressive``).
 """
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.utils import parametrize
 
 from hybrids.models.base import check_time
-from hybrids.models.layers import (
-    CausalAttention,
-    DownRightShiftedConv2d,
-    DownRightShiftedDeconv2d,
-    DownShiftedConv2d,
-    DownShiftedDeconv2d,
-    GatedResnet,
-    Nin,
-    down_shift,
-    right_shift,
-)
+from hybrids.models.layers import CausalAttention, GatedResnet, concat_elu
 from hybrids.models.pixelcnnpp import NCPN, PixelCNNpp
 
 STAGES = tuple(f"{block}.{stream}" for block in ("up0", "up1", "up2", "down2", "down1", "down0")
                for stream in ("u", "ul"))
-"""Stages in an order that respects their dependencies: block (direction and resolution level,
-0: full, 1: half, 2: quarter) and stream."""
+"""Stages: block (direction and resolution level, 0: full, 1: half, 2: quarter) and stream."""
+
+_UL_STAGES = {(d, level): f"{d}{level}.ul" for d in ("up", "down") for level in range(3)}
 
 
-def _stage_deps(stage: str) -> tuple[list[tuple[str, int, int]], int, bool]:
-    """(dependencies as (stage, numerator, denominator) of the row bound, level, is_u_stream)."""
-    block, stream = stage.split(".")
-    direction, level = block[:-1], int(block[-1])
-    deps = []
-    if direction == "up":
-        if level > 0:
-            deps.append((f"up{level - 1}.{stream}", 2, 1))  # stride-2 downsampling
-    else:
-        if level < 2:
-            deps.append((f"down{level + 1}.{stream}", 1, 2))  # transposed convolution
-        deps.append((f"up{level}.{stream}", 1, 1))  # skip inputs
-    if stream == "ul":
-        deps.append((f"{block}.u", 1, 1))
-    return deps, level, stream == "u"
+def _mat(weight: Tensor) -> Tensor:
+    """Convolution weight ``[O, I, kh, kw]`` -> GEMM weight ``[kh * kw * I, O]`` for windows laid
+    out as (row, column, channel)."""
+    return weight.permute(2, 3, 1, 0).reshape(-1, weight.shape[0])
 
 
-_RUN = 32
-"""Elementwise functions of bands run on buffers whose length is a multiple of this (twice the
-SIMD lanes of float32 on AVX-512)."""
-
-_SMALL_1X1 = 16
-"""1x1 convolutions (and the attention's weighted sum of values) of bands with fewer pixels than
-this run on the full map's shape: on CPU the GEMM kernels switch for tiny inputs (below 12
-pixels per image for oneDNN on AVX2), and the other kernel rounds differently from the one the
-full forward pass uses."""
+def _pm(w: Tensor, b: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """GEMM weight ``[K, O]`` and bias ``[..., O]`` whose output is [y, -y] ``[..., 2 O]``."""
+    return (torch.cat([w, -w], 1).contiguous(),
+            None if b is None else torch.cat([b, -b], -1).contiguous())
 
 
-def _vectorized(fn, t: Tensor) -> Tensor:
-    """``fn(t)`` for an elementwise ``fn``, with every element on the vectorized CPU path.
+def _pm_rows(y: Tensor) -> Tensor:
+    """A row ``[B, F, 1, W]`` -> [y, -y] channel-last ``[B, W, 2F]``."""
+    y = y[:, :, 0].transpose(1, 2)
+    return torch.cat([y, -y], 2)
 
-    PyTorch's CPU kernels run the last ``n mod 2 V`` elements of each contiguous run (V: SIMD
-    lanes, 2 V <= 32) through a scalar version of the function, which may round exp-based
-    functions differently. A band's runs end elsewhere than the full map's, so a run whose length
-    is not a multiple of ``_RUN`` is copied to a zero-padded flat buffer whose length is.
+
+class _Buf:
+    """A channel-last map ``[B, H_l + 1, W_l + 1, K]`` padded with a zero row on top and a zero
+    column on the left, with views for one position and for a 2 x 2 window.
+
+    Position (m, n) is ``flat[:, q + step]`` with ``q = m (W_l + 1) + n``, and ``win[:, q]`` is
+    ``[B, 2, 2 K]``: rows m - 1 .. m, columns n - 1 .. n (what a down-right 2 x 2 convolution at
+    (m, n) reads, or a stride-2 one at (m / 2, n / 2) when m, n are even).
     """
-    run = t if t.is_contiguous() else t[0]
-    if run.is_contiguous() and run.numel() % _RUN == 0:
-        return fn(t)
-    n = t.numel()
-    flat = F.pad(t.reshape(-1), (0, -n % _RUN))
-    return fn(flat)[:n].view(t.shape)
+
+    __slots__ = ("data", "flat", "win", "width", "step")
+
+    def __init__(self, data: Tensor):
+        b, rows, width, k = data.shape
+        self.data, self.width, self.step = data, width, width + 1
+        self.flat = data.view(b, rows * width, k)
+        self.win = data.as_strided((b, (rows - 1) * width - 1, 2, 2 * k),
+                                   (rows * width * k, k, width * k, 1))
+
+    def at(self, m: int, n: int) -> Tensor:
+        """Position (m, n), ``[B, K]`` (a view)."""
+        return self.flat.select(1, m * self.width + n + self.step)
 
 
-def _concat_elu(x: Tensor) -> Tensor:
-    """``concat_elu(x)`` with every element on the vectorized path (see ``_vectorized``)."""
-    return _vectorized(F.elu, torch.cat([x, -x], dim=1))
+@dataclass
+class _Res:
+    """A gated resnet as GEMM weights: c1 = elu(window [, skip]) @ w1 + b1 -> [c1, -c1];
+    c2 = elu(c1 window) @ w2 + b2 -> [a, -a, g, g] for the halves (a, g) of the resnet's c2;
+    out = [x, -x] + [a, -a] * sigmoid([g, g]).
+
+    Attributes:
+        w1: ``[K1, 2F]``; b1: ``[2F]``, or None when the bias comes per position (it folds in
+            the skip convolution on the u stream, computed a row at a time).
+        w2: ``[K2, 4F]``; b2: ``[4F]`` or ``[B, 4F]`` (with NCPN's conditioning).
+        channels: F.
+    """
+
+    w1: Tensor
+    b1: Tensor | None
+    w2: Tensor
+    b2: Tensor
+    channels: int
 
 
-class _Conv:
-    """A shifted convolution (``DownShiftedConv2d`` / ``DownRightShiftedConv2d``, any stride) or
-    a ``Nin``, with its weights fetched once, evaluated on row bands."""
+@dataclass
+class _Attention:
+    """A causal attention block as GEMM weights, its key/value cache and its buffers."""
 
-    __slots__ = ("weight", "bias", "stride", "kh", "left", "right", "top")
-
-    def __init__(self, module: nn.Module):
-        conv = module.conv
-        self.weight, self.bias = conv.weight, conv.bias  # weight norm: computed here, once
-        self.stride, self.kh = conv.stride[0], conv.kernel_size[0]
-        self.left, self.right, self.top, _ = getattr(module, "pad", (0, 0, 0, 0))
-
-    def rows(self, src: Tensor, lo: int, hi: int, act=None, height: int | None = None,
-             src_lo: int = 0) -> Tensor:
-        """Rows [lo, hi] of ``module(act(src))``.
-
-        ``src`` is the full-size input map, of which only the rows read (``s lo - kh + 1 ..
-        s hi``) must be current, or a band of it whose first row is row ``src_lo``. ``act``
-        (elementwise) comes before the padding, as in the modules' callers. ``height``: that of
-        the full output map, for 1x1 convolutions of few pixels (see ``_SMALL_1X1``).
-        """
-        first = self.stride * lo - self.top
-        rows = src[:, :, max(first, 0) - src_lo : self.stride * hi - self.top + self.kh - src_lo]
-        if act is not None:
-            rows = act(rows)
-        pad = (self.left, self.right, max(first, 0) - first, 0)
-        if any(pad):
-            rows = F.pad(rows, pad)
-        if (self.kh == 1 and height is not None and rows.shape[2] < height
-                and rows.shape[2] * rows.shape[3] < _SMALL_1X1):
-            # Tiny 1x1 inputs make oneDNN pick another kernel than for the full map (results
-            # differ in the last bit); run it on the full map's shape, the band at its own rows.
-            full = F.pad(rows, (0, 0, lo, height - 1 - hi))
-            return F.conv2d(full, self.weight, self.bias)[:, :, lo : hi + 1]
-        return F.conv2d(rows, self.weight, self.bias, self.stride)
-
-    def down_shifted_rows(self, src: Tensor, lo: int, hi: int) -> Tensor:
-        """Rows [lo, hi] of ``down_shift(module(src))``."""
-        if lo == 0:
-            return down_shift(self.rows(src, 0, hi))
-        return self.rows(src, lo - 1, hi - 1)
+    kv_res: _Res
+    q_res: _Res
+    out_res: _Res
+    w_kv: Tensor
+    b_kv: Tensor
+    w_q: Tensor  # scaled by 1 / sqrt(attn_dim)
+    b_q: Tensor
+    attn_dim: int
+    kv: Tensor  # [B, H W, attn_dim + F]: keys and values of the pixels before the frontier
+    inp: str  # buffer of the features (the block's input)
+    out: str  # buffer of the block's output
 
 
-class _Deconv:
-    """A stride-2 shifted transposed convolution of kernel height 2 (``DownShiftedDeconv2d`` /
-    ``DownRightShiftedDeconv2d``) evaluated on row bands: output rows 2i, 2i + 1 read input row
-    i only."""
+@dataclass
+class _Step:
+    """A down-right gated resnet of the ul stream at one level, wired to its buffers."""
 
-    __slots__ = ("module", "weight", "bias", "args")
-
-    def __init__(self, module: nn.Module):
-        deconv = module.deconv
-        if deconv.kernel_size[0] != 2 or tuple(deconv.stride) != (2, 2):
-            raise ValueError("the row-band upsampling assumes stride-2 kernels of height 2.")
-        self.module = module
-        self.weight, self.bias = deconv.weight, deconv.bias
-        self.args = (deconv.stride, deconv.padding, deconv.output_padding, deconv.groups,
-                     deconv.dilation)
-
-    def rows(self, src: Tensor, lo: int, hi: int, size: tuple[int, int]) -> Tensor:
-        """Rows [lo, hi] of ``module(src, size)``. The transposed convolution of input rows
-        [i0, i1] gives output rows 2 i0 .. 2 i1 + 1 plus one row that is wrong in a slice (the
-        output-padding row, which would read row i1 + 1); the module's crop drops it."""
-        i0, i1 = lo // 2, hi // 2
-        y = F.conv_transpose2d(src[:, :, i0 : i1 + 1], self.weight, self.bias, *self.args)
-        return self.module._crop(y)[:, :, lo - 2 * i0 : hi - 2 * i0 + 1, : size[1]]
+    res: _Res
+    src: _Buf
+    c1: _Buf
+    dst: _Buf
+    bias: Tensor  # [B, H_l W_l, 2F]: the first convolution's bias at each position
+    skip: _Buf | None  # the skip input read per position (down pass)
 
 
 class IncrementalPixelCNN:
-    """Row-cached evaluator of a ``PixelCNNpp`` or ``NCPN`` (see the module docstring).
+    """Per-pixel cached evaluator of a ``PixelCNNpp`` or ``NCPN`` (see the module docstring).
 
-    It implements :class:`hybrids.models.base.IncrementalCache`; the models hand one out through
-    ``model.incremental_cache()`` (in eval mode), which is how ``ancestral_sample`` gets it.
+    It implements :class:`hybrids.models.base.PixelIncrementalCache`; the models hand one out
+    through ``model.incremental_cache()`` (in eval mode), which is how ``ancestral_sample`` gets
+    it.
 
-    Usage: ``reset(x, t)``; change pixels with ``set_pixel`` (or edit ``x`` in place and call
-    ``invalidate_from_row``); ``params(r)`` returns mixture params whose rows <= r equal those of
-    ``model(x, t)``, recomputing only what is stale and needed.
+    Usage: ``reset(x, t)``; ``pixel_params(r, c)`` returns the mixture params ``[B, P]`` of pixel
+    (r, c) of ``model(x, t)``, evaluating the pixels from the first one not yet evaluated up to
+    (r, c) in raster order; ``set_pixel(r, c, value)`` changes the input, and the pixels after
+    (r, c) are evaluated again when asked for. ``params(r)`` does the same for whole rows. An
+    ancestral sampler asks for each pixel in turn and sets it before asking for the next, so
+    each position of each layer is computed once.
 
     Args:
         model: a ``PixelCNNpp`` or ``NCPN`` in eval mode. Its weights are read at ``reset``: call
             ``reset`` again after changing them.
 
     Attributes:
-        rows_computed: rows computed so far per stage (``STAGES``), for tests and profiling.
+        positions_computed: per stage (``STAGES``), positions computed so far (u stages: whole
+            rows of positions), for tests and profiling.
     """
 
     def __init__(self, model: PixelCNNpp | NCPN):
@@ -222,266 +191,422 @@ class IncrementalPixelCNN:
         for _ in range(2):
             h_prev, w_prev = self.sizes[-1]
             self.sizes.append(((h_prev + 1) // 2, (w_prev + 1) // 2))
-        # Names of the up-pass maps in the order of the forward's u_list / ul_list, and the skip
-        # inputs each down-pass resnet pops from them.
-        u_names, ul_names = [], []
+        # Map names (shared by the u and ul streams): the up-pass maps in the order of the
+        # forward's u_list / ul_list, the last map of each block, and the skip inputs each
+        # down-pass resnet pops from the lists.
+        names, self._last_up = [], []
         for level in range(3):
-            first = "init" if level == 0 else "ds"
-            u_names.append(f"up{level}.u.{first}")
-            ul_names.append(f"up{level}.ul.{first}")
-            for i in range(len(net.up_u[level])):
-                u_names.append(f"up{level}.u.{i}")
-                ul_names.append(f"up{level}.ul.{i}")
-        self._top = (u_names.pop(), ul_names.pop())
-        self._skips = []
-        for block in range(3):
-            self._skips.append([(u_names.pop(), ul_names.pop()) for _ in net.down_u[block]])
-        self._deps = {stage: _stage_deps(stage) for stage in STAGES}
-        self._compute = {}
-        for level in range(3):
-            self._compute[f"up{level}.u"] = lambda lo, hi, l=level: self._up_u(l, lo, hi)
-            self._compute[f"up{level}.ul"] = lambda lo, hi, l=level: self._up_ul(l, lo, hi)
-            self._compute[f"down{level}.u"] = lambda lo, hi, l=level: self._down_u(l, lo, hi)
-            self._compute[f"down{level}.ul"] = lambda lo, hi, l=level: self._down_ul(l, lo, hi)
-        self.rows_computed = dict.fromkeys(STAGES, 0)
-        self._x_pad: Tensor | None = None
+            names.append(f"up{level}.init" if level == 0 else f"up{level}.ds")
+            names.extend(f"up{level}.{i}" for i in range(len(net.up_u[level])))
+            self._last_up.append(names[-1])
+        self._top = names.pop()
+        self._skips = [[names.pop() for _ in net.down_u[block]] for block in range(3)]
+        self._last_down = [""] * 3
+        for level in (2, 1, 0):
+            n_res = len(net.down_u[2 - level])
+            first = self._top if level == 2 else f"down{level}.up"
+            self._last_down[level] = f"down{level}.{n_res - 1}" if n_res else first
+        self.positions_computed = dict.fromkeys(STAGES, 0)
+        self._xp: Tensor | None = None
 
     # ------------------------------------------------------------------ public interface
 
     @torch.no_grad()
     def reset(self, x: Tensor, t: Tensor | float | None = None) -> None:
         """Start from input ``x [B, C, H, W]`` (copied) at times ``t`` (ignored by PixelCNNpp;
-        None means 0 for NCPN) and read the model's weights. Nothing else is computed until
-        ``params`` asks for it."""
+        None means 0 for NCPN) and read the model's weights. Nothing is evaluated until
+        ``pixel_params`` or ``params`` asks for it."""
         if self.model.training:
             raise ValueError(
                 "IncrementalPixelCNN needs the model in eval mode (call model.eval()).")
         self.model._check_x(x)
-        self._x_pad = torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
-        with parametrize.cached():
-            self._ops = {}
-            for module in self.net.modules():
-                if isinstance(module, (DownShiftedConv2d, DownRightShiftedConv2d, Nin)):
-                    self._ops[module] = _Conv(module)
-                elif isinstance(module, (DownShiftedDeconv2d, DownRightShiftedDeconv2d)):
-                    self._ops[module] = _Deconv(module)
-        self._cond = {}
+        net = self.net
+        self._nf = nf = net.u_init.conv.out_channels
+        b, c, height, width = x.shape
+        # The forward's x_pad (x and a channel of ones) channel last, padded with a zero row on
+        # top and zero columns left and right; _xwin[:, q] = [B, 2, C + 1]: rows m - 1 .. m of
+        # column n - 1 for q = m (W + 2) + n (what ul_init_left reads for pixel (m, n)).
+        self._xp = x.new_zeros(b, height + 1, width + 2, c + 1)
+        self._xp[:, 1:, 1:-1, :c] = x.permute(0, 2, 3, 1)
+        self._xp[:, 1:, 1:-1, c] = 1.0
+        k, row = c + 1, (width + 2) * (c + 1)
+        self._xwin = self._xp.as_strided((b, height * (width + 2), 2, k),
+                                         ((height + 1) * row, k, row, 1))
+        cond = {}
         if isinstance(self.model, NCPN):
             h = self.model.embedding(check_time(x, 0.0 if t is None else t))
-            for module in self.net.modules():
-                if isinstance(module, GatedResnet) and module.cond is not None:
-                    self._cond[module] = module.cond(h)[:, :, None, None]
-        b, _, height, width = x.shape
-        self._pos = CausalAttention.positions(x.new_empty(b, 1, height, width))
-        self._cache: dict[str, Tensor] = {}
-        self._valid = dict.fromkeys(STAGES, 0)
-
-    @property
-    def x(self) -> Tensor:
-        """The current input ``[B, C, H, W]`` (a view; after editing rows >= R in place, call
-        ``invalidate_from_row(R)``)."""
-        self._check_reset()
-        return self._x_pad[:, : self.num_channels]
+            cond = {m: m.cond(h) for m in net.modules()
+                    if isinstance(m, GatedResnet) and m.cond is not None}
+        self._cond = {m: v[:, :, None, None] for m, v in cond.items()}
+        with parametrize.cached():
+            self._read_weights(cond)
+        # u maps [B, F, H_l, W_l]; ul maps as padded [y, -y] buffers; the biases of the ul
+        # convolutions that fold in the u stream [B, H_l, W_l, 2F]; params [B, H, W, P].
+        self._u, self._ul, self._row_bias = {}, {}, {}
+        for level, (h_l, w_l) in enumerate(self.sizes):
+            for name in self._level_maps(level):
+                self._u[name] = x.new_zeros(b, nf, h_l, w_l)
+                self._ul[name] = _Buf(x.new_zeros(b, h_l + 1, w_l + 1, 2 * nf))
+                if not name.endswith((".c1", ".up", ".ds")):
+                    self._row_bias[name] = x.new_zeros(b, h_l, w_l, 2 * nf)
+        self._row_bias["init.left"] = x.new_zeros(b, height, width, 2 * nf)
+        self._init_bias = self._row_bias["up0.init"].view(b, height * width, 2 * nf)
+        self._init_left_bias = self._row_bias["init.left"].view(b, height * width, 2 * nf)
+        for attn in self._attn.values():
+            for name in (attn.inp, attn.out):
+                if name not in self._ul:
+                    self._ul[name] = _Buf(x.new_zeros(b, height + 1, width + 1, 2 * nf))
+        self._params = x.new_zeros(b, height * width, self.model.num_params)
+        self._plans = {(d, level): self._plan(d, level) for d in ("up", "down") for level in range(3)}
+        self._final = self._ul[self._attn["down"].out if "down" in self._attn else self._last_down[0]]
+        pos = CausalAttention.positions(x.new_empty(b, 1, height, width))
+        self._pos = pos.permute(2, 3, 0, 1).contiguous()  # [H, W, B, 2]
+        self._frontier = 0  # the pixels before it (raster index) are evaluated for the current x
 
     @torch.no_grad()
-    def set_pixel(self, row: int, col: int, value: Tensor) -> None:
-        """Set input pixel (row, col) to ``value [B, C]`` and invalidate what depends on it."""
+    def pixel_params(self, row: int, col: int) -> Tensor:
+        """Mixture params ``[B, P]`` of pixel (row, col) of ``model(x, t)`` (a view of the
+        evaluator's buffer: read it before changing a pixel before it)."""
         self._check_reset()
-        self._x_pad[:, : self.num_channels, row, col] = value
-        self.invalidate_from_row(row)
-
-    def invalidate_from_row(self, row: int) -> None:
-        """Mark everything that depends on input rows >= ``row`` as stale."""
-        self._check_reset()
-        first = {False: [int(row)], True: [int(row) + 1]}  # ul: rows >= R; u: rows > R
-        for rows in first.values():
-            for _ in range(2):
-                rows.append((rows[-1] + 1) // 2)
-        for stage, (_, level, is_u) in self._deps.items():
-            self._valid[stage] = min(self._valid[stage], first[is_u][level])
+        height, width = self.sizes[0]
+        if not (0 <= row < height and 0 <= col < width):
+            raise ValueError(f"pixel ({row}, {col}) lies outside the {height}x{width} image.")
+        self._advance(row * width + col + 1)
+        return self._params.select(1, row * width + col)
 
     @torch.no_grad()
     def params(self, up_to_row: int | None = None) -> Tensor:
         """Mixture params ``[B, P, H, W]`` whose rows <= ``up_to_row`` (None: all) equal those
-        of ``model(x, t)``; later rows hold stale values or zeros. The tensor is the evaluator's
-        cache: read it before the next call."""
+        of ``model(x, t)``; later rows hold stale values or zeros. The tensor is a view of the
+        evaluator's buffer: read it before the next call."""
         self._check_reset()
-        height = self.sizes[0][0]
+        height, width = self.sizes[0]
         up_to_row = height - 1 if up_to_row is None else int(up_to_row)
         if not 0 <= up_to_row < height:
             raise ValueError(f"up_to_row must lie in [0, {height - 1}]; got {up_to_row}.")
-        self._ensure("down0.ul", up_to_row)
-        return self._cache["params"]
+        self._advance((up_to_row + 1) * width)
+        return self._params.view(self._params.shape[0], height, width, -1).permute(0, 3, 1, 2)
 
-    # ------------------------------------------------------------------ bookkeeping
+    @torch.no_grad()
+    def set_pixel(self, row: int, col: int, value: Tensor) -> None:
+        """Set input pixel (row, col) to ``value [B, C]``; the pixels after it are evaluated
+        again when asked for."""
+        self._check_reset()
+        self._xp[:, row + 1, col + 1, : self.num_channels] = value
+        self._frontier = min(self._frontier, row * self.sizes[0][1] + col + 1)
+
+    @property
+    def rows_computed(self) -> dict[str, int]:
+        """Rows' worth of positions computed so far per stage."""
+        return {stage: count // self.sizes[int(stage.split(".")[0][-1])][1]
+                for stage, count in self.positions_computed.items()}
+
+    # ------------------------------------------------------------------ set-up
 
     def _check_reset(self) -> None:
-        if self._x_pad is None:
+        if self._xp is None:
             raise RuntimeError("call reset(x, t) first.")
 
-    def _ensure(self, stage: str, hi: int) -> None:
-        """Make rows <= hi of ``stage`` current (first those of the stages they read)."""
-        deps, level, _ = self._deps[stage]
-        hi = min(hi, self.sizes[level][0] - 1)
-        lo = self._valid[stage]
-        if lo > hi:
-            return
-        for dep, num, den in deps:
-            self._ensure(dep, hi * num // den)
-        self._compute[stage](lo, hi)
-        self.rows_computed[stage] += hi - lo + 1
-        self._valid[stage] = hi + 1
+    def _level_maps(self, level: int) -> list[str]:
+        """Names of the maps (and of the first convolutions' outputs, ``.c1``) at ``level``."""
+        net = self.net
+        names = [f"up{level}.init" if level == 0 else f"up{level}.ds"]
+        for i in range(len(net.up_u[level])):
+            names += [f"up{level}.{i}", f"up{level}.{i}.c1"]
+        if level < 2:
+            names.append(f"down{level}.up")
+        for j in range(len(net.down_u[2 - level])):
+            names += [f"down{level}.{j}", f"down{level}.{j}.c1"]
+        return names
 
-    def _put(self, name: str, level: int, lo: int, rows: Tensor) -> Tensor:
-        """Write ``rows`` (rows lo.. of map ``name`` at ``level``) into its full-size cache."""
-        cache = self._cache.get(name)
-        if cache is None:
-            b, f, _, w = rows.shape
-            cache = rows.new_zeros(b, f, self.sizes[level][0], w)
-            self._cache[name] = cache
-        cache[:, :, lo : lo + rows.shape[2]] = rows
-        return rows
+    @staticmethod
+    def _res(res: GatedResnet, cond: dict, skip: Tensor | None = None,
+             with_bias: bool = False) -> _Res:
+        """GEMM weights of ``res``; ``skip``: rows of w1 for a skip input read per position;
+        ``with_bias``: b1 constant (else it comes per position)."""
+        nf = res.conv2.conv.out_channels // 2
+        w1 = _mat(res.conv1.conv.weight)
+        if skip is not None:
+            w1 = torch.cat([w1, skip], 0)
+        b1 = None
+        if with_bias:
+            b1 = res.conv1.conv.bias + (res.skip.conv.bias if res.skip is not None else 0.0)
+        w1, b1 = _pm(w1, b1)
+        w2, b2 = _mat(res.conv2.conv.weight), res.conv2.conv.bias
+        if res in cond:
+            b2 = b2 + cond[res]
+        a, g = slice(0, nf), slice(nf, 2 * nf)
+        w2 = torch.cat([w2[:, a], -w2[:, a], w2[:, g], w2[:, g]], 1).contiguous()
+        b2 = torch.cat([b2[..., a], -b2[..., a], b2[..., g], b2[..., g]], -1).contiguous()
+        return _Res(w1, b1, w2, b2, nf)
 
-    # ------------------------------------------------------------------ blocks on row bands
+    def _read_weights(self, cond: dict) -> None:
+        """The model's weights as GEMM weights (ul stream) or as they are (u rows), and the
+        attention blocks' key/value caches; ``cond``: NCPN's conditioning per resnet."""
+        net, b, nf = self.net, self._xp.shape[0], self._nf
+        height, width = self.sizes[0]
 
-    def _resnet(self, res: GatedResnet, src: Tensor, lo: int, hi: int, level: int,
-                a: Tensor | None = None, c1_name: str | None = None, src_lo: int = 0) -> Tensor:
-        """Rows [lo, hi] of ``res(src, a, h)`` at resolution ``level``: ``src`` is the full-size
-        input map, or (1x1 resnets) a band starting at row ``src_lo``; ``a`` holds the skip
-        input's rows [lo, hi]. With ``c1_name`` the first convolution's output is cached, for the
-        second (shifted) convolution reads the row above the band. Dropout (eval) is the
-        identity."""
-        ops, height = self._ops, self.sizes[level][0]
-        c1 = ops[res.conv1].rows(src, lo, hi, _concat_elu, height, src_lo)
-        if res.skip is not None:
-            c1 = c1 + ops[res.skip].rows(a, lo, hi, _concat_elu, height, lo)
-        if c1_name is None:
-            c1_src, c1_lo = c1, lo
-        else:
-            self._put(c1_name, level, lo, c1)
-            c1_src, c1_lo = self._cache[c1_name], 0
-        c2 = ops[res.conv2].rows(c1_src, lo, hi, _concat_elu, height, c1_lo)
-        if res.cond is not None:
+        def positive(w: Tensor) -> Tensor:
+            """GEMM rows ``[K, O]`` for the y half of a [y, -y] input: zero rows for -y."""
+            return torch.cat([w, torch.zeros_like(w)], 0)
+
+        self._w = {m: (m.weight, m.bias) for m in net.modules()  # for the u rows
+                   if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))}
+        self._left = _pm(_mat(net.ul_init_left.conv.weight), net.ul_init_left.conv.bias)
+        # Stride-2 downsampling of the plain map y: the -y channels of the window get zero rows.
+        self._ds = []
+        for m in net.downsample_ul:
+            w = m.conv.weight
+            self._ds.append(_pm(_mat(torch.cat([w, torch.zeros_like(w)], 1)), m.conv.bias))
+        # Transposed convolutions: output (i, j) = input (i // 2, j // 2) @ w[:, :, i % 2, j % 2].
+        self._deconv = [([[_pm(positive(m.deconv.weight[:, :, i, j]))[0] for j in range(2)]
+                          for i in range(2)], torch.cat([m.deconv.bias, -m.deconv.bias]))
+                        for m in net.upsample_ul]
+        self._head = (positive(_mat(net.head.conv.weight)).contiguous(), net.head.conv.bias)
+        self._ul_res, self._skip_u = {}, {}
+        for level in range(3):
+            for i, res in enumerate(net.up_ul[level]):
+                self._ul_res[f"up{level}.{i}"] = self._res(res, cond)
+            for j, res in enumerate(net.down_ul[2 - level]):
+                # skip = nin(concat_elu([u, ul])), input channels [u, ul, -u, -ul]: the ul half is
+                # read per position, the u half per row (folded into the bias).
+                w_skip = res.skip.conv.weight
+                w_ul = _mat(torch.cat([w_skip[:, nf: 2 * nf], w_skip[:, 3 * nf:]], 1))
+                self._ul_res[f"down{level}.{j}"] = self._res(res, cond, skip=w_ul)
+                self._skip_u[f"down{level}.{j}"] = torch.cat(
+                    [w_skip[:, :nf], w_skip[:, 2 * nf: 3 * nf]], 1)
+        self._attn = {}
+        for where, attn in net.attn.items():
+            if where == "up" and not len(net.up_ul[0]):
+                continue  # the forward places the 'up' block after the last first-block resnet
+            scale = attn.attn_dim ** -0.5
+            self._attn[where] = _Attention(
+                kv_res=self._res(attn.kv_res, cond, with_bias=True),
+                q_res=self._res(attn.q_res, cond, with_bias=True),
+                out_res=self._res(attn.out_res, cond, skip=_mat(attn.out_res.skip.conv.weight),
+                                  with_bias=True),
+                w_kv=_mat(attn.to_kv.conv.weight).contiguous(), b_kv=attn.to_kv.conv.bias,
+                w_q=(_mat(attn.to_q.conv.weight) * scale).contiguous(),
+                b_q=attn.to_q.conv.bias * scale, attn_dim=attn.attn_dim,
+                kv=self._xp.new_zeros(b, height * width, attn.to_kv.conv.out_channels),
+                inp=f"attn.{where}.in",
+                out=self._last_up[0] if where == "up" else "attn.down.out")
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _advance(self, stop: int) -> None:
+        """Evaluate the pixels from the frontier to raster index ``stop`` (excluded)."""
+        width = self.sizes[0][1]
+        for p in range(self._frontier, stop):
+            row, col = divmod(p, width)
+            self._pixel(row, col)
+        self._frontier = max(self._frontier, stop)
+
+    def _pixel(self, row: int, col: int) -> None:
+        """Everything pixel (row, col) needs that earlier pixels did not compute."""
+        if col == 0:
+            self._rows(row)
+        top = 0  # the coarsest level with a new position at this pixel
+        while top < 2 and row % (2 << top) == 0 and col % (2 << top) == 0:
+            top += 1
+        for level in range(top + 1):
+            self._up_ul(level, row >> level, col >> level)
+        for level in range(top, -1, -1):
+            self._down_ul(level, row >> level, col >> level)
+        w_head, b_head = self._head
+        torch.addmm(b_head, F.elu(self._final.at(row, col)), w_head,
+                    out=self._params.select(1, row * self.sizes[0][1] + col))
+
+    # u stream: a row of every map at once (NCHW, the model's convolutions)
+
+    def _conv_row(self, conv: torch.nn.Conv2d, src: Tensor, m: int,
+                  act: Callable[[Tensor], Tensor] | None = None, stride: int = 1) -> Tensor:
+        """Row m ``[B, O, 1, W_out]`` of the down-shifted convolution whose ``Conv2d`` is
+        ``conv`` (kernel kh x kw, ``stride``) of ``act(src)``, ``src`` a full map
+        ``[B, I, H, W]``."""
+        weight, bias = self._w[conv]
+        kh, kw = weight.shape[2:]
+        top = stride * m - (kh - 1)
+        band = src[:, :, max(top, 0): stride * m + 1]
+        if act is not None:
+            band = act(band)
+        band = F.pad(band, ((kw - 1) // 2, (kw - 1) // 2, max(-top, 0), 0))
+        return F.conv2d(band, weight, bias, stride)
+
+    def _u_res_row(self, res: GatedResnet, src: Tensor, c1: Tensor, m: int,
+                   skip: Tensor | None = None) -> Tensor:
+        """Row m ``[B, F, 1, W]`` of ``res(src, a, h)`` (u stream); ``skip``: row m of ``a``;
+        ``c1``: the map of the first convolution's outputs (row m is written)."""
+        row = self._conv_row(res.conv1.conv, src, m, concat_elu)
+        if skip is not None:
+            row = row + F.conv2d(concat_elu(skip), *self._w[res.skip.conv])
+        c1[:, :, m] = row[:, :, 0]
+        c2 = self._conv_row(res.conv2.conv, c1, m, concat_elu)
+        if res in self._cond:
             c2 = c2 + self._cond[res]
         gate_in, gate = c2.chunk(2, dim=1)
-        return src[:, :, lo - src_lo : hi + 1 - src_lo] + gate_in * _vectorized(torch.sigmoid, gate)
+        return src[:, :, m: m + 1] + gate_in * torch.sigmoid(gate)
 
-    def _attention(self, attn: CausalAttention, features: Tensor, lo: int, hi: int,
-                   name: str) -> Tensor:
-        """Rows [lo, hi] of ``attn(features, x, h)`` (full resolution) given the features' rows
-        [lo, hi]; keys and values of earlier rows come from the cache ``name``."""
-        b, c, n_rows, width = features.shape
-        height = self.sizes[0][0]
-        pos = self._pos[:, :, lo : hi + 1]
-        x = self._x_pad[:, : self.num_channels, lo : hi + 1]
-        kv_in = torch.cat([x, features, pos], dim=1)
-        kv_res = self._resnet(attn.kv_res, kv_in, lo, hi, 0, src_lo=lo)
-        self._put(name, 0, lo, self._ops[attn.to_kv].rows(kv_res, lo, hi, None, height, lo))
-        q_res = self._resnet(attn.q_res, torch.cat([features, pos], dim=1), lo, hi, 0, src_lo=lo)
-        q = self._ops[attn.to_q].rows(q_res, lo, hi, None, height, lo).flatten(2)
-        kv = self._cache[name].flatten(2)
-        keys, values = kv[:, : attn.attn_dim], kv[:, attn.attn_dim :]
-        logits = torch.einsum("bdi,bdj->bij", q, keys) / math.sqrt(attn.attn_dim)
-        query = torch.arange(lo * width, (hi + 1) * width, device=kv.device)
-        mask = torch.arange(kv.shape[2], device=kv.device)[None, :] < query[:, None]  # key < query
-        logits = logits.masked_fill(~mask, torch.finfo(logits.dtype).min)
-        weights = torch.softmax(logits, dim=-1) * mask  # the first pixel (no past) gets zeros
-        n, n_query = kv.shape[2], weights.shape[1]
-        if n_query < min(n, _SMALL_1X1):  # as for 1x1 convolutions: the full map's shape
-            weights = F.pad(weights, (0, 0, lo * width, n - (hi + 1) * width))
-            out = torch.einsum("bij,bcj->bci", weights, values)[:, :, lo * width : (hi + 1) * width]
+    def _rows(self, row: int) -> None:
+        """At the start of image row ``row``: the u rows it makes computable (row row / 2^l of
+        level l when 2^l divides it) and the per-row biases of the ul convolutions."""
+        net, u, xp = self.net, self._u, self._xp
+        levels = [level for level in range(3) if row % (1 << level) == 0]
+        if row > 0:  # row 0 of the down-shifted maps is zero
+            xb = xp[:, row - 1: row + 1].permute(0, 3, 1, 2)  # image rows row - 2, row - 1
+            u["up0.init"][:, :, row] = F.conv2d(xb, *self._w[net.u_init.conv])[:, :, 0]
+            up = F.conv2d(xb[:, :, 1:], *self._w[net.ul_init_up.conv])
         else:
-            out = torch.einsum("bij,bcj->bci", weights, values)
-        out = out.reshape(b, c, n_rows, width)
-        return self._resnet(attn.out_res, features, lo, hi, 0, a=out, src_lo=lo)
+            up = xp.new_zeros(xp.shape[0], self._nf, 1, self.sizes[0][1])
+        self._row_bias["up0.init"][:, row] = _pm_rows(up)  # right_shift: no left term in column 0
+        self._row_bias["init.left"][:, row] = self._row_bias["up0.init"][:, row] + self._left[1]
+        for level in levels:
+            m = row >> level
+            src = "up0.init" if level == 0 else f"up{level}.ds"
+            if level > 0:
+                u[src][:, :, m] = self._conv_row(net.downsample_u[level - 1].conv,
+                                                 u[self._last_up[level - 1]], m, stride=2)[:, :, 0]
+            for i, res in enumerate(net.up_u[level]):
+                name = f"up{level}.{i}"
+                out = self._u_res_row(res, u[src], u[name + ".c1"], m)
+                u[name][:, :, m] = out[:, :, 0]
+                ul_res = net.up_ul[level][i]
+                self._row_bias[name][:, m] = _pm_rows(
+                    F.conv2d(concat_elu(out), *self._w[ul_res.skip.conv])
+                    + ul_res.conv1.conv.bias[:, None, None])
+                src = name
+            self.positions_computed[f"up{level}.u"] += self.sizes[level][1]
+        for level in reversed(levels):
+            m, block = row >> level, 2 - level
+            src = self._top if level == 2 else f"down{level}.up"
+            if level < 2:
+                module = net.upsample_u[block - 1]
+                deconv = module.deconv
+                y = F.conv_transpose2d(u[self._last_down[level + 1]][:, :, m // 2: m // 2 + 1],
+                                       *self._w[deconv], deconv.stride, deconv.padding,
+                                       deconv.output_padding)
+                u[src][:, :, m] = module._crop(y)[:, :, m % 2, : self.sizes[level][1]]
+            for j, res in enumerate(net.down_u[block]):
+                name = f"down{level}.{j}"
+                skip = u[self._skips[block][j]][:, :, m: m + 1]
+                out = self._u_res_row(res, u[src], u[name + ".c1"], m, skip)
+                u[name][:, :, m] = out[:, :, 0]
+                ul_res = net.down_ul[block][j]
+                self._row_bias[name][:, m] = _pm_rows(
+                    F.conv2d(concat_elu(out), self._skip_u[name], ul_res.skip.conv.bias)
+                    + ul_res.conv1.conv.bias[:, None, None])
+                src = name
+            self.positions_computed[f"down{level}.u"] += self.sizes[level][1]
 
-    # ------------------------------------------------------------------ stages
+    # ul stream: one position of every map
 
-    def _last(self, direction: str, level: int) -> tuple[str, str]:
-        """Cache names of the last (u, ul) maps of block ``direction + level``."""
-        n = len((self.net.up_u if direction == "up" else self.net.down_u)[
-            level if direction == "up" else 2 - level])
-        if n:
-            return f"{direction}{level}.u.{n - 1}", f"{direction}{level}.ul.{n - 1}"
-        if direction == "down" and level == 2:
-            return self._top
-        first = "up" if direction == "down" else ("init" if level == 0 else "ds")
-        return f"{direction}{level}.u.{first}", f"{direction}{level}.ul.{first}"
+    @staticmethod
+    def _res_at(step: _Step, q: int, p: int) -> None:
+        """One position of a down-right gated resnet: ``q`` its window index (see ``_Buf``),
+        ``p`` its index in the level's map (row-major, unpadded)."""
+        src, c1, at = step.src, step.c1, q + step.src.step
+        if step.skip is None:
+            inp = F.elu(src.win.select(1, q)).flatten(1)  # elu's output is contiguous
+        else:
+            inp = F.elu(torch.cat([src.win.select(1, q).flatten(1), step.skip.flat.select(1, at)], 1))
+        torch.addmm(step.bias.select(1, p), inp, step.res.w1, out=c1.flat.select(1, at))
+        gate_in, gate = torch.addmm(step.res.b2, F.elu(c1.win.select(1, q)).flatten(1),
+                                    step.res.w2).chunk(2, 1)
+        torch.addcmul(src.flat.select(1, at), gate_in, torch.sigmoid(gate),
+                      out=step.dst.flat.select(1, at))
 
-    def _up_u(self, level: int, lo: int, hi: int) -> None:
-        net, cache = self.net, self._cache
+    @staticmethod
+    def _res_1x1(res: _Res, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        """A 1x1 gated resnet at one position: [y, -y] ``[B, 2 I]`` -> [out, -out]."""
+        inp = x if skip is None else torch.cat([x, skip], 1)
+        c2 = torch.addmm(res.b2, F.elu(torch.addmm(res.b1, F.elu(inp), res.w1)), res.w2)
+        half = 2 * res.channels
+        return torch.addcmul(x, c2[:, :half], torch.sigmoid(c2[:, half:]))
+
+    def _attention(self, attn: _Attention, m: int, n: int) -> None:
+        """Position (m, n) of a causal attention block (full resolution): first the key and
+        value of the previous pixel (whose value is now set), then the query of this one."""
+        width, nf, c = self.sizes[0][1], self._nf, self.num_channels
+        features, p = self._ul[attn.inp], m * width + n
+        if p > 0:
+            pm, pn = divmod(p - 1, width)
+            v = torch.cat([self._xp[:, pm + 1, pn + 1, :c], features.at(pm, pn)[:, :nf],
+                           self._pos[pm, pn]], 1)
+            kv_in = self._res_1x1(attn.kv_res, torch.cat([v, -v], 1))[:, : v.shape[1]]
+            torch.addmm(attn.b_kv, kv_in, attn.w_kv, out=attn.kv[:, p - 1])
+        f = features.at(m, n)
+        v = torch.cat([f[:, :nf], self._pos[m, n]], 1)
+        q_in = self._res_1x1(attn.q_res, torch.cat([v, -v], 1))[:, : v.shape[1]]
+        q = torch.addmm(attn.b_q, q_in, attn.w_q)
+        if p == 0:
+            out = torch.zeros_like(f)  # no past: the attention output is zero
+        else:
+            kv, d = attn.kv[:, :p], attn.attn_dim
+            weights = torch.softmax(torch.bmm(q.unsqueeze(1), kv[:, :, :d].transpose(1, 2)), -1)
+            out = torch.bmm(weights, kv[:, :, d:]).squeeze(1)
+            out = torch.cat([out, -out], 1)
+        self._ul[attn.out].at(m, n).copy_(self._res_1x1(attn.out_res, f, out))
+
+    def _plan(self, direction: str, level: int) -> list[_Step]:
+        """The resnets of block ``direction + level`` of the ul stream, wired to their buffers
+        (the last one of a block followed by attention writes the attention's input)."""
+        ul, nf = self._ul, self._nf
+        if direction == "up":
+            src = "up0.init" if level == 0 else f"up{level}.ds"
+            n_res = len(self.net.up_ul[level])
+        else:
+            src = self._top if level == 2 else f"down{level}.up"
+            n_res = len(self.net.down_ul[2 - level])
+        steps = []
+        for i in range(n_res):
+            name = f"{direction}{level}.{i}"
+            dst = name
+            if level == 0 and i == n_res - 1 and direction in self._attn:
+                dst = self._attn[direction].inp
+            bias = self._row_bias[name]
+            skip = ul[self._skips[2 - level][i]] if direction == "down" else None
+            steps.append(_Step(self._ul_res[name], ul[src], ul[name + ".c1"], ul[dst],
+                               bias.view(bias.shape[0], -1, 2 * nf), skip))
+            src = dst
+        return steps
+
+    def _up_ul(self, level: int, m: int, n: int) -> None:
+        """Position (m, n) of every up-pass ul map at ``level``: the first map (ul_init at full
+        resolution, else the stride-2 downsampling), the resnets, the 'up' attention."""
+        ul, width = self._ul, self.sizes[level][1]
+        src = ul["up0.init" if level == 0 else f"up{level}.ds"]
         if level == 0:
-            src = "up0.u.init"
-            self._put(src, 0, lo, self._ops[net.u_init].down_shifted_rows(self._x_pad, lo, hi))
+            p = m * width + n
+            if n == 0:  # right_shift: no left term in the first column
+                src.at(m, 0).copy_(self._init_bias.select(1, p))
+            else:
+                window = self._xwin.select(1, m * (width + 2) + n).flatten(1)
+                torch.addmm(self._init_left_bias.select(1, p), window, self._left[0],
+                            out=src.at(m, n))
         else:
-            src = f"up{level}.u.ds"
-            prev = cache[self._last("up", level - 1)[0]]
-            self._put(src, level, lo, self._ops[net.downsample_u[level - 1]].rows(prev, lo, hi))
-        for i, res in enumerate(net.up_u[level]):
-            name = f"up{level}.u.{i}"
-            self._put(name, level, lo,
-                      self._resnet(res, cache[src], lo, hi, level, c1_name=name + ".c1"))
-            src = name
+            w, bias = self._ds[level - 1]
+            prev = ul[self._last_up[level - 1]]
+            window = prev.win.select(1, 2 * m * prev.width + 2 * n).flatten(1)
+            torch.addmm(bias, window, w, out=src.at(m, n))
+        q, p = m * src.width + n, m * width + n
+        for step in self._plans["up", level]:
+            self._res_at(step, q, p)
+        if level == 0 and "up" in self._attn:
+            self._attention(self._attn["up"], m, n)
+        self.positions_computed[_UL_STAGES["up", level]] += 1
 
-    def _up_ul(self, level: int, lo: int, hi: int) -> None:
-        net, cache, ops = self.net, self._cache, self._ops
-        if level == 0:
-            src = "up0.ul.init"
-            xp = self._x_pad
-            ul = ops[net.ul_init_up].down_shifted_rows(xp, lo, hi) + right_shift(
-                ops[net.ul_init_left].rows(xp, lo, hi))
-            self._put(src, 0, lo, ul)
-        else:
-            src = f"up{level}.ul.ds"
-            prev = cache[self._last("up", level - 1)[1]]
-            self._put(src, level, lo, ops[net.downsample_ul[level - 1]].rows(prev, lo, hi))
-        last = len(net.up_ul[level]) - 1
-        for i, res in enumerate(net.up_ul[level]):
-            name = f"up{level}.ul.{i}"
-            u = cache[f"up{level}.u.{i}"][:, :, lo : hi + 1]
-            ul = self._resnet(res, cache[src], lo, hi, level, a=u, c1_name=name + ".c1")
-            if level == 0 and i == last and "up" in net.attn:
-                ul = self._attention(net.attn["up"], ul, lo, hi, "attn.up.kv")
-            self._put(name, level, lo, ul)
-            src = name
-
-    def _down_u(self, level: int, lo: int, hi: int) -> None:
-        net, cache = self.net, self._cache
-        block = 2 - level
-        if block == 0:
-            src = self._top[0]
-        else:
-            src = f"down{level}.u.up"
-            prev = cache[self._last("down", level + 1)[0]]
-            self._put(src, level, lo,
-                      self._ops[net.upsample_u[block - 1]].rows(prev, lo, hi, self.sizes[level]))
-        for j, res in enumerate(net.down_u[block]):
-            name = f"down{level}.u.{j}"
-            a = cache[self._skips[block][j][0]][:, :, lo : hi + 1]
-            self._put(name, level, lo,
-                      self._resnet(res, cache[src], lo, hi, level, a=a, c1_name=name + ".c1"))
-            src = name
-
-    def _down_ul(self, level: int, lo: int, hi: int) -> None:
-        net, cache = self.net, self._cache
-        block = 2 - level
-        if block == 0:
-            src = self._top[1]
-        else:
-            src = f"down{level}.ul.up"
-            prev = cache[self._last("down", level + 1)[1]]
-            self._put(src, level, lo,
-                      self._ops[net.upsample_ul[block - 1]].rows(prev, lo, hi, self.sizes[level]))
-        for j, res in enumerate(net.down_ul[block]):
-            name = f"down{level}.ul.{j}"
-            a = torch.cat([cache[f"down{level}.u.{j}"][:, :, lo : hi + 1],
-                           cache[self._skips[block][j][1]][:, :, lo : hi + 1]], dim=1)
-            ul = self._put(name, level, lo,
-                           self._resnet(res, cache[src], lo, hi, level, a=a, c1_name=name + ".c1"))
-            src = name
-        if level == 0:
-            if "down" in net.attn:
-                ul = self._attention(net.attn["down"], ul, lo, hi, "attn.down.kv")
-            elu = lambda v: _vectorized(F.elu, v)  # noqa: E731
-            params = self._ops[net.head].rows(ul, lo, hi, elu, self.sizes[0][0], lo)
-            self._put("params", 0, lo, params)
+    def _down_ul(self, level: int, m: int, n: int) -> None:
+        """Position (m, n) of every down-pass ul map at ``level``: the upsampled coarser map
+        (below level 2), the resnets, the 'down' attention."""
+        ul, width = self._ul, self.sizes[level][1]
+        src = ul[self._top if level == 2 else f"down{level}.up"]
+        if level < 2:
+            weights, bias = self._deconv[1 - level]
+            prev = ul[self._last_down[level + 1]].at(m // 2, n // 2)
+            torch.addmm(bias, prev, weights[m % 2][n % 2], out=src.at(m, n))
+        q, p = m * src.width + n, m * width + n
+        for step in self._plans["down", level]:
+            self._res_at(step, q, p)
+        if level == 0 and "down" in self._attn:
+            self._attention(self._attn["down"], m, n)
+        self.positions_computed[_UL_STAGES["down", level]] += 1

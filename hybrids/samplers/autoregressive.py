@@ -8,41 +8,41 @@ and the mixture parameters of pixel j depend on the pixels before j in raster or
 are drawn in raster order; the channels of a pixel are drawn jointly by the mixture sampler
 (channel coupling R -> G -> B).
 
-* t None or 0: discrete levels k ~ P_theta(k | k_<j) (``sample_discretized_logistic_mixture``),
-  fed back as level values c_k = 2k/(K-1) - 1 (``hybrids.data.level_values``, what
-  ``discrete_log_prob`` conditions on);
-* t > 0: continuous values x ~ p_theta(x | x_<j, t) (``sample_logistic_mixture``).
+* t None or 0: discrete levels k ~ P_theta(k | k_<j)
+  (``sample_discretized_logistic_mixture_pixel``), fed back as level values c_k = 2k/(K-1) - 1
+  (``hybrids.data.level_values``, what ``discrete_log_prob`` conditions on);
+* t > 0: continuous values x ~ p_theta(x | x_<j, t) (``sample_logistic_mixture_pixel``).
 
-Random draws: the mixture samplers draw uniforms for the whole image in a fixed order
-(``hybrids.distributions``). Both methods save the generator state once and restore it before
-every pixel's draw on full-size params, keeping only that pixel; so the draw of pixel j uses the
-same uniforms in both methods, and the generator ends one full-image draw past its start.
+Random draws: each pixel draws only its own randomness, from one stream: for pixel j (raster
+order) the per-pixel mixture samplers (``sample_discretized_logistic_mixture_pixel``,
+``sample_logistic_mixture_pixel`` in ``hybrids.distributions``) draw ``u_mix [B]`` then
+``u_logistic [B, C]`` from the generator, on the params of pixel j only. Both methods make these
+draws in the same order, so for the same generator they draw the same uniforms, and the generator
+ends H W (B + B C) uniforms past its start.
 
 Methods:
 
 * ``naive``: one full forward pass per pixel (D passes), the reference.
 * ``fast``: the same draws, computing only what each pixel needs:
-  (1) reuse: params computed for earlier pixels stay valid as long as no input they depend on
-  changed; a sampled value equal to the placeholder it replaces (e.g. a background pixel at
-  level 0 with placeholder c_0 = -1) changes nothing, so nothing is recomputed for the next
-  pixel (exact for any autoregressive model; other models get a full pass whenever an earlier
-  pixel changed);
-  (2) incremental evaluation, for models whose ``incremental_cache()`` returns a cache
-  (:class:`hybrids.models.base.IncrementalCache`). PixelCNN++/NCPN in eval mode return a row
-  cache of every intermediate map of the network
-  (``hybrids.models.pixelcnnpp_incremental.IncrementalPixelCNN``, activation caching in the
-  spirit of Fast PixelCNN++: Ramachandran et al., "Fast Generation for Convolutional
-  Autoregressive Models", ICLR 2017 workshop, at row granularity). Outputs in rows
-  <= r depend on input rows <= r only, so after a pixel in row r changes, pixel (r, c + 1) needs
-  only row r of the full-resolution maps of the down-right ("ul") stream recomputed (plus one
-  row of its half- and quarter-resolution maps when r is even / divisible by 4); the
-  down-shifted ("u") stream sees rows < r only and is recomputed once per image row. That is
-  roughly 1/(2H) of a pass per pixel.
-  The cached params equal the full pass up to the rounding of shape-dependent kernels (float64
-  convolutions: ~1e-16); in float32 on CPU the band kernels are chosen so that they round like
-  the full pass where it allows (in ``benchmarks/ar_sampling.py`` at 28x28: bitwise equal
-  discrete samples, continuous ones equal or within 5e-7). Discrete samples agree exactly with
-  ``naive`` (tests); continuous ones agree to rounding.
+  (1) incremental evaluation, for models whose ``incremental_cache()`` returns a cache
+  (:class:`hybrids.models.base.IncrementalCache`). PixelCNN++/NCPN in eval mode return a
+  per-pixel cache (``hybrids.models.pixelcnnpp_incremental.IncrementalPixelCNN``, activation
+  caching in the style of Fast PixelCNN++: Ramachandran et al., "Fast Generation for
+  Convolutional Autoregressive Models", ICLR 2017 workshop, a
+  :class:`~hybrids.models.base.PixelIncrementalCache`): every layer keeps the activations its
+  later outputs read, and pixel (r, c) computes one position of each full-resolution map of the
+  down-right stream (of the half- and quarter-resolution maps when 2 resp. 4 divides r and c)
+  and, once per image row, a row of the down-shifted stream. Caches that only offer rows
+  (``params(r)``) are asked for row r;
+  (2) reuse, for models without a cache: params computed for earlier pixels stay valid as long as
+  no input they depend on changed; a sampled value equal to the placeholder it replaces (e.g. a
+  background pixel at level 0 with placeholder c_0 = -1) changes nothing, so no pass is run for
+  the next pixel (exact for any autoregressive model).
+  The cached params equal the full pass up to rounding (float64: ~1e-15). In float32 the cache's
+  GEMMs round differently from the full pass's oneDNN convolutions (~1e-6 on the params), so a
+  draw that falls within that distance of a bin edge (or of a component boundary) can differ;
+  discrete samples were bitwise equal in the tests and in ``benchmarks/ar_sampling.py``
+  (docs/benchmarks.md), continuous ones agree to float32 rounding.
 """
 from __future__ import annotations
 
@@ -53,8 +53,11 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from hybrids.data import level_values
-from hybrids.distributions import sample_discretized_logistic_mixture, sample_logistic_mixture
-from hybrids.models.base import AncestralMixtureModel
+from hybrids.distributions import (
+    sample_discretized_logistic_mixture_pixel,
+    sample_logistic_mixture_pixel,
+)
+from hybrids.models.base import AncestralMixtureModel, PixelIncrementalCache
 from hybrids.tensors import model_device, model_dtype
 
 METHODS = ("fast", "naive")
@@ -132,32 +135,40 @@ def ancestral_sample(
     x = torch.full(shape, -1.0 if discrete else 0.0, dtype=dtype, device=device)
     levels = torch.zeros(shape, dtype=torch.int64, device=device) if discrete else None
     t_vec = torch.full((b,), t, dtype=dtype, device=device)
-    start_state = generator.get_state() if generator is not None else None
     cached = model.incremental_cache() if method == "fast" else None
     if cached is not None:
         cached.reset(x, t_vec)
-    params = None
-    stale = True  # x changed since params were computed (models without a cache)
+    per_pixel = isinstance(cached, PixelIncrementalCache)
+    full = None  # the last full pass, or the cache's rows (models without a per-pixel cache)
+    stale = True  # x changed since the last full pass (models without a cache)
+    x_pixels = x.view(b, c, height * width)  # pixel p = (r, col) is x_pixels[:, :, p]
+    level_pixels = levels.view(b, c, height * width) if discrete else None
     with parametrize.cached():  # weight-normalised weights: computed once, not per pixel
-        for r in range(height):
-            for col in range(width):
+        for p in range(height * width):
+            r, col = divmod(p, width)
+            if per_pixel:
+                params = cached.pixel_params(r, col)
+            else:
                 if cached is not None:
-                    params = cached.params(r)
+                    full = cached.params(r)
                 elif method == "naive" or stale:
-                    params = model(x, t_vec)
+                    full = model(x, t_vec)
                     stale = False
-                if generator is not None:
-                    generator.set_state(start_state)
-                if discrete:
-                    k = sample_discretized_logistic_mixture(params, num_levels, generator, num_channels=c)
-                    k_pix = k[:, :, r, col]
-                    new = level_values(k_pix, num_levels, dtype=dtype)
-                    levels[:, :, r, col] = k_pix
-                else:
-                    new = sample_logistic_mixture(params, generator, num_channels=c)[:, :, r, col]
-                if not torch.equal(new, x[:, :, r, col]):
-                    x[:, :, r, col] = new
-                    stale = True
-                    if cached is not None:
-                        cached.set_pixel(r, col, new)
+                params = full[:, :, r, col]
+            if discrete:
+                k = sample_discretized_logistic_mixture_pixel(params, num_levels, generator,
+                                                              num_channels=c)
+                new = level_values(k, num_levels, dtype=dtype)
+                level_pixels.select(2, p).copy_(k)
+            else:
+                new = sample_logistic_mixture_pixel(params, generator, num_channels=c)
+            old = x_pixels.select(2, p)
+            if per_pixel:  # the pixel is final: set it (no need to know whether it changed)
+                old.copy_(new)
+                cached.set_pixel(r, col, new)
+            elif not torch.equal(new, old):
+                old.copy_(new)
+                stale = True
+                if cached is not None:
+                    cached.set_pixel(r, col, new)
     return levels if discrete else x
