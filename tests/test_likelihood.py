@@ -502,3 +502,62 @@ def test_both_error_norms_reach_the_closed_form(norm):
                                model.log_prob(x, _t(eps, 4)), rtol=0, atol=3e-5)
     with pytest.raises(ValueError, match="Unknown error norm 'max'"):
         ode_log_prob(model, sde, x, norm="max")
+
+
+class _InconsistentGaussian(GaussianDataModel):
+    """log p_t of data N(MEAN, VAR) but the score of data N(MEAN + 1/2, 4 VAR): not one diffusion."""
+
+    def score(self, x, t, *, create_graph=None):
+        mean, var = self.marginal_params(t, x)
+        coef = self.sde.marginal_coefs(t).mean_coef.reshape(-1, *([1] * (x.ndim - 1)))
+        return -(x - mean - coef / 2) / (var + 3 * coef**2 * self.var)
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
+def test_consistency_hook_is_zero_for_one_diffusion_and_not_for_an_inconsistent_model(sde):
+    """The consistency column (issue: cross-method table): the exact p_t of one diffusion has gap 0
+    within solver tolerance at any (t0, t1), and its own-density and ODE terms match the closed
+    form; a model whose score is not the gradient of its density's diffusion has a gap far from 0.
+    Catches a gap that cannot fail (e.g. the ODE closed by the model's own density at t0, or the
+    prior used for a t1 < T), a sign error in the gap, or x not perturbed to t0 (own_bpd off)."""
+    from hybrids.data import ArrayDataset
+    from hybrids.hooks import consistency_eval
+
+    kw = dict(device=torch.device("cpu"), num_examples=16, batch_size=8, t0=0.01, t1=0.3,
+              divergence="exact", rtol=1e-8, atol=1e-8)
+    model = GaussianDataModel(MEAN, VAR, sde)
+    data = ArrayDataset("toy", model.sample(16, 0.0, generator=torch.Generator().manual_seed(0)), None, None)
+    out = consistency_eval(model, data, generator=torch.Generator().manual_seed(1), **kw)
+    assert abs(out["gap_bpd"]["mean"]) < 1e-6 and out["abs_gap_bpd"]["mean"] < 1e-6 and out["gap_bpd"]["n"] == 16
+    assert out["own_bpd"]["mean"] == pytest.approx(out["ode_bpd"]["mean"], abs=1e-6)
+    # own_bpd is -log p_t0 of the data perturbed to t0 with the hook's generator.
+    g = torch.Generator().manual_seed(1)
+    from hybrids.hooks.base import model_space_examples
+    from hybrids.objectives.perturb import perturb
+    x0 = model_space_examples(model, data, 16, g)
+    x = torch.cat([perturb(sde, x0[i:i + 8], _t(0.01, 8), g).x_t for i in (0, 8)])
+    assert out["own_bpd"]["mean"] == pytest.approx(float((-model.log_prob(x, _t(0.01, 16)) / (3 * math.log(2))).mean()))
+    bad = _InconsistentGaussian(MEAN, VAR, sde)
+    gap = consistency_eval(bad, data, generator=torch.Generator().manual_seed(1), **kw)["abs_gap_bpd"]
+    assert gap["mean"] > 1e-2, gap  # vs < 1e-6 when consistent
+
+
+def test_consistency_hook_refuses_score_only_models_and_bad_levels():
+    from hybrids.data import ArrayDataset
+    from hybrids.hooks import consistency_eval
+
+    sde = VPSDE()
+    model = GaussianDataModel(MEAN, VAR, sde)
+    data = ArrayDataset("toy", model.sample(4, 0.0, generator=torch.Generator().manual_seed(0)), None, None)
+    kw = dict(device=torch.device("cpu"), generator=torch.Generator().manual_seed(1), num_examples=4, batch_size=4)
+
+    class ScoreOnly(nn.Module):
+        sde = VPSDE()
+
+        def score(self, x, t):
+            return -x
+
+    with pytest.raises(TypeError, match="consistency_eval needs a density model with log_prob"):
+        consistency_eval(ScoreOnly(), data, **kw)
+    with pytest.raises(ValueError, match=r"0 < t0 < t1 <= T = 1.0; got t0 = 0.5, t1 = 0.2"):
+        consistency_eval(model, data, t0=0.5, t1=0.2, **kw)
