@@ -561,3 +561,20 @@ def test_consistency_hook_refuses_score_only_models_and_bad_levels():
         consistency_eval(ScoreOnly(), data, **kw)
     with pytest.raises(ValueError, match=r"0 < t0 < t1 <= T = 1.0; got t0 = 0.5, t1 = 0.2"):
         consistency_eval(model, data, t0=0.5, t1=0.2, **kw)
+
+
+def test_solver_assertions_become_floating_point_errors_with_advice():
+    """torchdiffeq's 'non-finite values in state' and 'underflow in dt' assertions (seen when an
+    NCML-VE density's untrained score blows up above T_ncml) are reported as FloatingPointError
+    naming the caller and the fix; other assertions pass through unchanged."""
+    from hybrids.likelihood.ode import solver_errors
+
+    with pytest.raises(FloatingPointError, match=r"ode_log_prob: the ODE state became NaN or infinite.*tighter tolerances"):
+        with solver_errors("ode_log_prob"):
+            raise AssertionError("non-finite values in state `y`: tensor([nan])")
+    with pytest.raises(FloatingPointError, match="step size underflowed"):
+        with solver_errors("ode_log_prob"):
+            raise AssertionError("underflow in dt 0.0")
+    with pytest.raises(AssertionError, match="something else"):
+        with solver_errors("ode_log_prob"):
+            raise AssertionError("something else")

@@ -71,14 +71,18 @@ def check_solver_time(t: Tensor, caller: str, nfe: int) -> None:
 
 @contextlib.contextmanager
 def solver_errors(caller: str) -> Iterator[None]:
-    """Turn torchdiffeq's 'underflow in dt' assertion into a ``FloatingPointError`` with advice."""
+    """Turn torchdiffeq's 'underflow in dt' and 'non-finite values in state' assertions into a
+    ``FloatingPointError`` with advice."""
     try:
         yield
     except AssertionError as err:
-        if "underflow in dt" not in str(err):
-            raise
-        raise FloatingPointError(f"{caller}: the adaptive ODE solver's step size underflowed ({err}). "
-                                 f"{_SOLVER_ADVICE}") from err
+        if "underflow in dt" in str(err):
+            raise FloatingPointError(f"{caller}: the adaptive ODE solver's step size underflowed ({err}). "
+                                     f"{_SOLVER_ADVICE}") from err
+        if "non-finite values in state" in str(err):
+            raise FloatingPointError(f"{caller}: the ODE state became NaN or infinite during the solve. "
+                                     f"{_SOLVER_ADVICE}") from err
+        raise
 
 
 def rms_norm(state: tuple[Tensor, ...]) -> Tensor:
