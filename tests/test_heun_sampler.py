@@ -160,3 +160,13 @@ def test_non_finite_samples_raise():
     sde = VPSDE()
     with pytest.raises(FloatingPointError, match="heun_sample: the samples are NaN"):
         heun_sample(lambda x, t: torch.full_like(x, float("nan")), sde, (2, 2), num_steps=3)
+
+
+def test_heun_below_T_needs_draws_of_p_t_start():
+    """Without x_init the start is a prior draw, which is p_T only: heun_sample from t_start < T
+    must refuse (it once drew from the prior and started at t_start, sampling the wrong law)."""
+    from hybrids.samplers.heun import heun_sample
+    from hybrids.sdes import VPSDE
+
+    with pytest.raises(ValueError, match="heun_sample starts from prior draws at T only"):
+        heun_sample(lambda x, t: -x, VPSDE(), (2, 3), t_start=0.5)

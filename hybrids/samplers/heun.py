@@ -31,9 +31,8 @@ import torch
 from torch import Tensor
 
 from hybrids.models.base import as_score_fn
-from hybrids.samplers.ode import ODESample
+from hybrids.samplers.ode import ODESample, ode_start
 from hybrids.sdes import SDE
-from hybrids.time_sampling import check_eps
 
 _BISECTION_STEPS = 100  # halvings of [eps, t_start] in float64: to the last bit
 
@@ -114,16 +113,8 @@ def heun_sample(
         ValueError: bad times, ``num_steps`` or ``rho``, or no shape.
         FloatingPointError: the samples are NaN or infinite.
     """
-    check_eps(sde, eps)
-    t_start = float(sde.T if t_start is None else t_start)
-    if not eps < t_start <= sde.T:
-        raise ValueError(f"t_start must lie in (eps = {eps}, T = {sde.T}]; got {t_start}.")
     check_heun_settings(num_steps, rho)
-    if x_init is None:
-        if shape is None:
-            raise ValueError("Give the sample shape [B, ...] or x_init.")
-        gen_device = generator.device if generator is not None else device
-        x_init = sde.prior_sample(shape, generator, dtype=dtype, device=gen_device).to(device)
+    x_init, t_start = ode_start(sde, "heun_sample", shape, x_init, t_start, eps, generator, dtype, device)
     fn = as_score_fn(score_fn)
     times = edm_time_steps(sde, t_start, float(eps), int(num_steps), float(rho))
     coefs = sde.marginal_coefs(times)

@@ -41,6 +41,30 @@ def check_tolerances(rtol: float, atol: float) -> None:
             raise ValueError(f"{name} of the adaptive ODE solver must be a finite number > 0; got {value!r}.")
 
 
+def ode_start(sde: SDE, caller: str, shape: Sequence[int] | None, x_init: Tensor | None, t_start: float | None,
+              eps: float, generator: torch.Generator | None, dtype: torch.dtype,
+              device: torch.device | str | None) -> tuple[Tensor, float]:
+    """The checked start of a probability-flow ODE sampler: ``(x_init, t_start)``.
+
+    ``t_start`` defaults to T and must lie in (eps, T]; without ``x_init`` the start is a draw of
+    the SDE's prior of ``shape`` (on the generator's device, then moved), which is p_T only: below T
+    the caller must give draws of p_(t_start).
+    """
+    check_eps(sde, eps)
+    t_start = float(sde.T if t_start is None else t_start)
+    if not eps < t_start <= sde.T:
+        raise ValueError(f"t_start must lie in (eps = {eps}, T = {sde.T}]; got {t_start}.")
+    if x_init is None:
+        if t_start < sde.T:
+            raise ValueError(f"{caller} starts from prior draws at T only; give x_init, draws of p_t at "
+                             f"t_start = {t_start}.")
+        if shape is None:
+            raise ValueError("Give the sample shape [B, ...] or x_init.")
+        gen_device = generator.device if generator is not None else device
+        x_init = sde.prior_sample(shape, generator, dtype=dtype, device=gen_device).to(device)
+    return x_init, t_start
+
+
 def ode_sample(
     score_fn,
     sde: SDE,
@@ -81,19 +105,8 @@ def ode_sample(
             settings and advises tighter tolerances or a fixed-step method with more steps, and
             checking the score.
     """
-    check_eps(sde, eps)
-    t_start = float(sde.T if t_start is None else t_start)
-    if not eps < t_start <= sde.T:
-        raise ValueError(f"t_start must lie in (eps = {eps}, T = {sde.T}]; got {t_start}.")
+    x_init, t_start = ode_start(sde, "ode_sample", shape, x_init, t_start, eps, generator, dtype, device)
     check_tolerances(rtol, atol)
-    if x_init is None:
-        if t_start < sde.T:
-            raise ValueError(f"ode_sample starts from prior draws at T only; give x_init, draws of p_t at "
-                             f"t_start = {t_start}.")
-        if shape is None:
-            raise ValueError("Give the sample shape [B, ...] or x_init.")
-        gen_device = generator.device if generator is not None else device
-        x_init = sde.prior_sample(shape, generator, dtype=dtype, device=gen_device).to(device)
     fn = as_score_fn(score_fn)
     reverse = sde.reverse(fn, probability_flow=True)
     nfe = 0
