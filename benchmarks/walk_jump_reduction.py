@@ -3,7 +3,7 @@ r"""Time and memory of walk-jump on the full M x D chain against the exact D-dim
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/walk_jump_reduction.py [--D 784] [--M 16] [--chains 256] \
-        [--steps 100] [--score analytic|mlp] [--device cpu|cuda]
+        [--steps 100] [--score analytic|mlp] [--integrator aboba|cheng|randomized_midpoint] [--device cpu|cuda]
 
 Each (score, chain) cell runs in its own subprocess so that its peak memory is its own: on CPU
 the increase of the peak resident set size (``ru_maxrss``) over the process's level after a
@@ -12,7 +12,8 @@ Scores: ``analytic`` is the exact g of N(0, diag(lambda)) data (cost O(D), so th
 arithmetic dominates); ``mlp`` is a GPSModel around hybrids' TimeMLP (hidden 256; the score call
 is the same D-dimensional call in both chains, so the saving is the M x D arithmetic and state).
 Timings include the final jump and exclude the warm-up (two chains, two steps). ``state MB`` is the
-size of one chain state tensor (y), float32.
+size of one chain state tensor (y), float32. ``--integrator`` picks the underdamped integrator of
+``walk_jump`` (the reduction is exact for each; 'randomized_midpoint' calls the score twice a step).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hybrids.models.gps import GPSModel  # noqa: E402
 from hybrids.models.mlp import TimeMLP  # noqa: E402
-from hybrids.samplers.walk_jump import walk_jump  # noqa: E402
+from hybrids.samplers.walk_jump import INTEGRATORS, walk_jump  # noqa: E402
 
 SIGMA = 2.0  # MNIST in [-1, 1] units
 
@@ -50,7 +51,8 @@ def make_score(kind: str, D: int, M: int, device: torch.device):
 def run_cell(args) -> dict:
     device = torch.device(args.device)
     score = make_score(args.score, args.D, args.M, device)
-    kw = dict(n_steps=args.steps, friction=1.0, device=device, reduced=args.chain == "reduced")
+    kw = dict(n_steps=args.steps, friction=1.0, integrator=args.integrator, device=device,
+              reduced=args.chain == "reduced")
     shape = (args.chains, args.D)
     with torch.no_grad():
         # Warm-up on two chains, so the chain's own large tensors are not in the baseline.
@@ -70,7 +72,7 @@ def run_cell(args) -> dict:
     else:
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024  # KiB on Linux
     assert torch.isfinite(out).all()
-    return {"score": args.score, "chain": args.chain, "seconds": seconds, "ms_per_step": 1e3 * seconds / args.steps,
+    return {"score": args.score, "chain": args.chain, "integrator": args.integrator, "seconds": seconds, "ms_per_step": 1e3 * seconds / args.steps,
             "peak_mb": peak_mb, "state_mb": 4 * args.chains * args.D * (args.M if args.chain == "full" else 1) / 2**20}
 
 
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=256)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--score", choices=["analytic", "mlp", "both"], default="both")
+    parser.add_argument("--integrator", choices=INTEGRATORS, default="aboba")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chain", choices=["full", "reduced"], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -89,13 +92,14 @@ def main() -> None:
         return
     scores = ["analytic", "mlp"] if args.score == "both" else [args.score]
     print(f"D = {args.D}, M = {args.M}, chains = {args.chains}, steps = {args.steps}, device = {args.device}, "
-          f"threads = {torch.get_num_threads()}")
+          f"integrator = {args.integrator}, threads = {torch.get_num_threads()}")
     print(f"{'score':9s} {'chain':8s} {'ms/step':>9s} {'peak MB':>9s} {'state MB':>9s}")
     for score in scores:
         rows = {}
         for chain in ("full", "reduced"):
             cmd = [sys.executable, __file__, "--D", str(args.D), "--M", str(args.M), "--chains", str(args.chains),
-                   "--steps", str(args.steps), "--score", score, "--device", args.device, "--chain", chain]
+                   "--steps", str(args.steps), "--score", score, "--integrator", args.integrator,
+                   "--device", args.device, "--chain", chain]
             rows[chain] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
             r = rows[chain]
             print(f"{score:9s} {chain:8s} {r['ms_per_step']:9.2f} {r['peak_mb']:9.1f} {r['state_mb']:9.1f}")

@@ -22,7 +22,7 @@ from hybrids.metrics.conditioning import empirical_condition_numbers
 from hybrids.metrics.fid import classifier_predict, train_domain_classifier
 from hybrids.metrics.mixing import chain_class_statistics, jump_autocorrelation
 from hybrids.models.gps import GPSModel
-from hybrids.samplers.walk_jump import walk_jump
+from hybrids.samplers.walk_jump import INTEGRATORS, walk_jump
 from hybrids.tensors import model_dtype
 
 
@@ -30,6 +30,13 @@ def _member(model: nn.Module, M: int | None) -> GPSModel:
     if not isinstance(model, GPSModel):
         raise TypeError(f"walk-jump hooks need a hybrids.models.gps.GPSModel, got {type(model).__name__}.")
     return model if M is None else model.with_measurements(int(M))
+
+
+def _check_integrator(integrator: str, hook: str) -> None:
+    """Refuse an unknown integrator by its gin binding, before any chain or classifier runs."""
+    if integrator not in INTEGRATORS:
+        raise ValueError(f"{hook}.integrator must be one of {', '.join(map(repr, INTEGRATORS))} "
+                         f"(hybrids.samplers.walk_jump); got {integrator!r}.")
 
 
 def run_chains(
@@ -44,6 +51,7 @@ def run_chains(
     friction: float,
     step_size: float | None,
     method: str,
+    integrator: str,
     reduced: bool,
 ) -> Tensor:
     """Walk-jump chains of a GPS model from x_0 = 0: jumps ``[num_chains, R, *event]`` (R recorded
@@ -53,7 +61,7 @@ def run_chains(
         out = walk_jump(
             model.ybar_score, model.sigma, model.M, shape, n_steps=int(n_steps), step_size=step_size,
             friction=friction, generator=generator, record_every=record_every, method=method,
-            reduced=reduced, dtype=model_dtype(model), device=device,
+            integrator=integrator, reduced=reduced, dtype=model_dtype(model), device=device,
         )
     jumps = torch.stack(out, dim=1) if record_every is not None else out.unsqueeze(1)
     if jumps.shape[1] == 0:
@@ -75,6 +83,7 @@ def walk_jump_sampler(
     step_size: float | None = None,
     M: int | None = None,
     method: str = "underdamped",
+    integrator: str = "aboba",
     reduced: bool = True,
 ) -> dict[str, Tensor]:
     """Walk-jump samples: one long chain per sample, x_0 = 0 (``hybrids.samplers.walk_jump``).
@@ -86,15 +95,18 @@ def walk_jump_sampler(
         friction: effective friction gamma * delta.
         step_size: delta of the M x D chain (default sigma / 2).
         M: member of the universality class to sample (default: the model's M).
-        method, reduced: see ``walk_jump``.
+        method, integrator, reduced: see ``walk_jump`` (integrator: 'aboba', 'cheng' or
+            'randomized_midpoint'; the last calls the score twice per step).
 
     Returns:
         ``{'samples': final jumps [num_samples, *event]}`` plus, with ``record_every``,
         ``{'chains': [num_samples * R, *event]}`` (each chain's R jumps in a row).
     """
+    _check_integrator(integrator, "walk_jump_sampler")
     jumps = run_chains(
         _member(model, M), data, device=device, generator=generator, num_chains=num_samples, n_steps=num_steps,
-        record_every=record_every, friction=friction, step_size=step_size, method=method, reduced=reduced,
+        record_every=record_every, friction=friction, step_size=step_size, method=method, integrator=integrator,
+        reduced=reduced,
     )
     out = {"samples": samples_output(jumps[:, -1], data.num_levels, "walk_jump_sampler")}
     if record_every is not None:
@@ -115,13 +127,15 @@ def walk_jump_class_eval(
     friction: float = 1.0,
     step_size: float | None = None,
     M: int | None = None,
+    integrator: str = "aboba",
     classifier_steps: int | None = None,
     data_dir: str | None = None,
 ) -> dict[str, Any]:
     """Count the classes that each walk-jump chain's jumps visit (fast mixing between modes).
 
     ``num_chains`` chains of ``num_steps`` walk steps (None: the budget's), a jump recorded every
-    ``record_every`` steps.
+    ``record_every`` steps, underdamped with ``integrator`` ('aboba', 'cheng' or
+    'randomized_midpoint', ``hybrids.samplers.walk_jump``) on the reduced chain.
 
     A small CNN (``hybrids.metrics.fid.train_domain_classifier`` on the dataset's train split,
     cached) labels every recorded jump. Needs a labelled image dataset (digits, MNIST).
@@ -133,9 +147,11 @@ def walk_jump_class_eval(
     """
     if data.labels is None or data.num_levels is None:
         raise ValueError(f"walk_jump_class_eval needs a labelled image dataset; {data.name!r} is not one.")
+    _check_integrator(integrator, "walk_jump_class_eval")
     jumps = run_chains(
         _member(model, M), data, device=device, generator=generator, num_chains=num_chains, n_steps=num_steps,
-        record_every=record_every, friction=friction, step_size=step_size, method="underdamped", reduced=True,
+        record_every=record_every, friction=friction, step_size=step_size, method="underdamped",
+        integrator=integrator, reduced=True,
     )
     levels = samples_output(jumps.flatten(0, 1), data.num_levels, "walk_jump_class_eval")
     classifier = train_domain_classifier(data.name, data_dir or data.data_dir, steps=classifier_steps, device=device)
