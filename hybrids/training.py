@@ -1,13 +1,33 @@
-"""Trainer: Adam with warmup and decay, gradient clipping, EMA, atomic resumable checkpoints, DDP.
+"""Trainer: Adam, AdamW, Adagrad or SGD with a learning-rate schedule, gradient clipping, EMA,
+atomic resumable checkpoints, DDP.
 
 The training loop is method-agnostic: it minimises ``objective(model, batch) -> (loss, metrics)``
 over mini-batches of a data tensor. What it does per update n = 1, 2, ... (``step`` counts completed
 updates):
 
-* learning rate lr_n = lr * min(1, n / warmup_steps) * lr_decay^(n - 1) (linear warmup as in
-  score_sde; per-step multiplicative decay as in PixelCNN++, which uses lr_decay = 0.999995);
+* learning rate lr_n = lr * w(n) * s(n), with the linear warmup w(n) = min(1, n / W) of every
+  schedule (W = ``warmup_steps``, 0: none) and s chosen by ``lr_schedule`` (N = ``num_steps``):
+
+  - ``'warmup_decay'`` (default): s(n) = lr_decay^(n - 1) (warmup as in score_sde; per-step
+    multiplicative decay as in PixelCNN++, which uses lr_decay = 0.999995);
+  - ``'linear_increase'`` (GPS, Saremi et al. 2023, train with a linearly increasing rate):
+    s(n) = 1 + (lr_final / lr - 1) (n - 1) / (N - 1), from lr at update 1 to ``lr_final`` (>= lr)
+    at update N;
+  - ``'cosine'``: s(n) = r + (1 - r) (1 + cos(pi p)) / 2 with r = lr_final / lr and
+    p = max(0, n - W) / (N - W): the warmup reaches lr at update W, then the rate falls along a
+    half cosine to ``lr_final`` (default 0, at most lr) at update N (N > W).
+
+  The schedule is a pure function of n, so a resumed run continues it exactly;
 * global-norm clipping of the gradient to ``grad_clip`` (``None`` disables);
-* Adam (weight decay 0);
+* the optimizer ``optimizer``: ``'adam'`` (default), ``'adamw'`` (decoupled weight decay),
+  ``'adagrad'`` (the GPS paper's) or ``'sgd'`` (with momentum, optionally Nesterov's). Its settings
+  apply only where the optimizer has them: ``betas`` to Adam and AdamW, ``eps`` to Adam, AdamW and
+  Adagrad, ``weight_decay`` to all four (an L2 term added to the gradient, except AdamW's decoupled
+  decay), ``momentum`` and ``nesterov`` to SGD. Left None, a setting takes the optimizer's default
+  (betas (0.9, 0.999); eps 1e-8, Adagrad 1e-10; weight decay 0, AdamW 0.01; momentum 0.9; nesterov
+  False). Binding a setting that the chosen optimizer does not use, or ``lr_decay`` / ``lr_final``
+  with a schedule that does not use it, is a ValueError naming the binding and the optimizer or
+  schedule: a binding is never ignored;
 * EMA of the parameters, ema <- decay * ema + (1 - decay) * theta (buffers copied); the EMA copy is
   what evaluation, sampling and ``load_ema`` use.
 
@@ -35,8 +55,13 @@ Safety of the work in a workdir:
   check, or holding non-finite weights) is reported and skipped (``fit`` renames it to
   ``*.corrupt``); temporary files of interrupted checkpoint writes are removed.
 * On resume the Trainer's current hyperparameters win over the optimizer and scheduler state
-  stored in the checkpoint (a changed ``Trainer.lr`` applies at once), and the differences between
-  the checkpoint's gin configuration and the current one are logged.
+  stored in the checkpoint: a changed ``Trainer.lr``, optimizer setting or schedule setting applies
+  from the next update on and is logged (with ``'linear_increase'`` and ``'cosine'`` the schedule
+  spans ``num_steps``, so a larger ``num_steps`` on resume also changes the next rates), and the
+  differences between the checkpoint's gin configuration and the current one are logged. The
+  optimizer itself cannot change: each checkpoint records ``optimizer_name`` (checkpoints without
+  it are Adam's), and resuming one with another ``Trainer.optimizer`` is a ValueError that names
+  both.
 """
 from __future__ import annotations
 
@@ -72,6 +97,35 @@ _CHECKPOINT_KEYS = ("step", "model", "ema")
 _SEED_LIMIT = 2**63 // 1_000_003  # seed * 1_000_003 + epoch stays in torch's [-2**63, 2**64)
 _DEVICE_CHOICES = "'cpu', 'cuda' or 'cuda:N' (N a GPU index)"
 
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+LR_SCHEDULES = ("warmup_decay", "linear_increase", "cosine")
+# The Trainer arguments that only some optimizers / schedules use, with their values when left None
+# (the optimizer's default); binding one that the chosen optimizer or schedule does not use is an error.
+_OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "betas": {"adam": (0.9, 0.999), "adamw": (0.9, 0.999)},
+    "eps": {"adam": 1e-8, "adamw": 1e-8, "adagrad": 1e-10},
+    "weight_decay": {"adam": 0.0, "adamw": 0.01, "adagrad": 0.0, "sgd": 0.0},
+    "momentum": {"sgd": 0.9},
+    "nesterov": {"sgd": False},
+}
+_SCHEDULE_USERS = {"lr_decay": ("warmup_decay",), "lr_final": ("linear_increase", "cosine")}
+# Neutral values (Adam's betas, no decay) that a preset may bind for every row: accepted, and
+# ignored, where the chosen optimizer or schedule does not use the setting.
+_NEUTRAL_VALUES: dict[str, Any] = {"betas": (0.9, 0.999), "lr_decay": 1.0}
+
+
+def _is_neutral(name: str, value: Any) -> bool:
+    """Whether ``value`` is the neutral value of ``Trainer.<name>`` (``_NEUTRAL_VALUES``)."""
+    neutral = _NEUTRAL_VALUES.get(name)
+    if neutral is None:
+        return False
+    if isinstance(neutral, tuple):
+        return isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and tuple(value) == neutral
+    return value == neutral
+# Checkpoints written before Trainer.optimizer existed hold Adam's state.
+_LEGACY_OPTIMIZER = "adam"
+
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used: truncated, corrupt, not a hybrids checkpoint, or
@@ -105,10 +159,33 @@ class DistInfo:
         return cls(world, rank, local)
 
 
+def _warmup(update: int, warmup_steps: int) -> float:
+    """The linear warmup of every schedule: min(1, n / warmup_steps) (1 when warmup_steps = 0)."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, update / warmup_steps)
+
+
 def lr_factor(update: int, warmup_steps: int, lr_decay: float) -> float:
-    """Multiplier of the base learning rate at update n (1-based): min(1, n / warmup) * decay^(n-1)."""
-    warm = 1.0 if warmup_steps <= 0 else min(1.0, update / warmup_steps)
-    return warm * lr_decay ** (update - 1)
+    """Multiplier of the base learning rate at update n (1-based) under ``'warmup_decay'``:
+    min(1, n / warmup) * decay^(n-1)."""
+    return _warmup(update, warmup_steps) * lr_decay ** (update - 1)
+
+
+def linear_increase_factor(update: int, warmup_steps: int, final_ratio: float, num_steps: int) -> float:
+    """Multiplier of the base learning rate at update n (1-based) under ``'linear_increase'``:
+    min(1, n / warmup) * (1 + (r - 1) (n - 1) / (N - 1)) with r = lr_final / lr and N = num_steps,
+    so that (after the warmup) update 1 uses lr and update N uses lr_final (N = 1: lr)."""
+    progress = (update - 1) / max(1, num_steps - 1)
+    return _warmup(update, warmup_steps) * (1.0 + (final_ratio - 1.0) * progress)
+
+
+def cosine_factor(update: int, warmup_steps: int, final_ratio: float, num_steps: int) -> float:
+    """Multiplier of the base learning rate at update n (1-based) under ``'cosine'``:
+    min(1, n / W) * (r + (1 - r) (1 + cos(pi p)) / 2) with p = max(0, n - W) / (N - W), W the
+    warmup, r = lr_final / lr and N = num_steps > W: the warmup reaches lr at update W, then the rate
+    falls along a half cosine to lr_final at update N."""
+    progress = max(0, update - warmup_steps) / (num_steps - warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+    return _warmup(update, warmup_steps) * (final_ratio + (1.0 - final_ratio) * cosine)
 
 
 @torch.no_grad()
@@ -419,6 +496,27 @@ def _real(name: str, value: Any) -> float:
     return float(value)
 
 
+def _choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``.
+
+    Raises:
+        TypeError: not a string.
+        ValueError: not one of ``choices`` (the message lists them).
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"Trainer.{name} must be a string, one of {list(choices)}; got {value!r}.")
+    if value not in choices:
+        raise ValueError(f"Unknown Trainer.{name} {value!r}; choose one of {list(choices)}.")
+    return value
+
+
+def _does_not_apply(name: str, value: Any, setting: str, chosen: str, users: Sequence[str]) -> ValueError:
+    """The error for a binding of ``Trainer.<name>`` that ``Trainer.<setting> = chosen`` does not use."""
+    return ValueError(
+        f"Trainer.{name} = {value!r} does not apply to Trainer.{setting} = {chosen!r} (only to "
+        f"{', '.join(map(repr, users))}); remove the binding, or choose a Trainer.{setting} that uses it.")
+
+
 @gin.configurable(module="hybrids", denylist=["device"])
 class Trainer:
     """Optimisation loop shared by every hybrids objective (see the module docstring).
@@ -426,11 +524,19 @@ class Trainer:
     Args:
         num_steps: total number of updates.
         batch_size: global batch size (split evenly over DDP ranks).
-        lr: base learning rate of Adam.
-        betas: Adam betas, each in [0, 1).
-        eps: Adam epsilon (>= 0).
-        warmup_steps: linear warmup length in updates (0: none).
-        lr_decay: per-update multiplicative decay of the learning rate (1.0: none).
+        lr: base learning rate (``'linear_increase'``: that of the first update).
+        optimizer: ``'adam'``, ``'adamw'``, ``'adagrad'`` or ``'sgd'`` (torch.optim's; Adagrad's
+            initial accumulator and its own lr_decay stay torch's 0: the schedule sets the rate).
+        betas: Adam/AdamW betas, each in [0, 1) (None: (0.9, 0.999)).
+        eps: Adam/AdamW/Adagrad epsilon, >= 0 (None: 1e-8; Adagrad 1e-10).
+        weight_decay: >= 0; decoupled for AdamW, an L2 gradient term otherwise (None: 0; AdamW 0.01).
+        momentum: SGD momentum in [0, 1) (None: 0.9).
+        nesterov: SGD with Nesterov momentum (None: False; True needs momentum > 0).
+        lr_schedule: ``'warmup_decay'``, ``'linear_increase'`` or ``'cosine'`` (module docstring).
+        warmup_steps: linear warmup length in updates, before any schedule (0: none).
+        lr_decay: ``'warmup_decay'`` only: per-update multiplicative decay, in (0, 1] (None: 1.0, none).
+        lr_final: the learning rate of the last update: ``'linear_increase'`` (required, >= lr) and
+            ``'cosine'`` (in [0, lr]; None: 0).
         grad_clip: maximum global gradient norm (``None``: no clipping).
         ema_decay: decay of the parameter EMA.
         seed: seeds the data order and, via ``seed_everything``, parameter initialisation.
@@ -443,10 +549,14 @@ class Trainer:
         device: ``'cpu'``, ``'cuda'`` or ``'cuda:N'``; set by the runner, not by gin. Under DDP on
             CUDA each rank uses ``cuda:LOCAL_RANK``.
 
+    The optimizer and schedule settings that the chosen optimizer or schedule does not use are
+    None; binding one is an error (see the module docstring).
+
     Raises:
         TypeError: an argument of the wrong type (the message names ``Trainer.<argument>``).
-        ValueError: an argument out of its range, a fractional count, or an unsupported or
-            unavailable device.
+        ValueError: an argument out of its range, a fractional count, an unknown optimizer or
+            schedule, a setting bound that the optimizer or schedule does not use, or an
+            unsupported or unavailable device.
     """
 
     def __init__(
@@ -454,10 +564,16 @@ class Trainer:
         num_steps: int = 1_300_000,
         batch_size: int = 128,
         lr: float = 2e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
+        optimizer: str = "adam",
+        betas: tuple[float, float] | None = None,
+        eps: float | None = None,
+        weight_decay: float | None = None,
+        momentum: float | None = None,
+        nesterov: bool | None = None,
+        lr_schedule: str = "warmup_decay",
         warmup_steps: int = 5000,
-        lr_decay: float = 1.0,
+        lr_decay: float | None = None,
+        lr_final: float | None = None,
         grad_clip: float | None = 1.0,
         ema_decay: float = 0.9999,
         seed: int = 0,
@@ -484,20 +600,11 @@ class Trainer:
         self.lr = _real("lr", lr)
         if not self.lr > 0:
             raise ValueError(f"Trainer.lr must be positive; got {lr!r}.")
-        self.lr_decay = _real("lr_decay", lr_decay)
-        if not 0.0 < self.lr_decay <= 1.0:
-            raise ValueError(f"Trainer.lr_decay must be in (0, 1] (1.0: no decay); got {lr_decay!r}.")
         self.ema_decay = _real("ema_decay", ema_decay)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"Trainer.ema_decay must be in [0, 1); got {ema_decay!r}.")
-        if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
-            raise TypeError(f"Trainer.betas must be a pair (beta1, beta2); got {betas!r}.")
-        self.betas = (_real("betas", betas[0]), _real("betas", betas[1]))
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"Trainer.betas must both be in [0, 1); got {betas!r}.")
-        self.eps = _real("eps", eps)
-        if self.eps < 0:
-            raise ValueError(f"Trainer.eps must be >= 0; got {eps!r}.")
+        self._init_optimizer(optimizer, betas, eps, weight_decay, momentum, nesterov)
+        self._init_schedule(lr_schedule, lr_decay, lr_final)
         if grad_clip is not None:
             if isinstance(grad_clip, bool) or not isinstance(grad_clip, numbers.Real):
                 raise TypeError(f"Trainer.grad_clip must be a number or None (no clipping); got {grad_clip!r}.")
@@ -516,6 +623,96 @@ class Trainer:
                 f"Trainer.batch_size = {self.batch_size} is the global batch and must be divisible by "
                 f"the number of DDP processes ({self.dist.world_size})."
             )
+
+    def _init_optimizer(self, optimizer: str, betas: tuple[float, float] | None, eps: float | None,
+                        weight_decay: float | None, momentum: float | None, nesterov: bool | None) -> None:
+        """Check and set ``optimizer`` and its settings; None takes the optimizer's default and a
+        setting the optimizer does not use stays None (binding it is an error, except to its
+        neutral value, ``_NEUTRAL_VALUES``, which presets bind for every row)."""
+        self.optimizer = _choice("optimizer", optimizer, tuple(OPTIMIZERS))
+        given = {"betas": betas, "eps": eps, "weight_decay": weight_decay, "momentum": momentum,
+                 "nesterov": nesterov}
+        for name, value in given.items():
+            if value is not None and self.optimizer not in _OPTIMIZER_DEFAULTS[name]:
+                if not _is_neutral(name, value):
+                    raise _does_not_apply(name, value, "optimizer", self.optimizer, tuple(_OPTIMIZER_DEFAULTS[name]))
+                given[name] = None
+        betas, eps, weight_decay, momentum, nesterov = (_OPTIMIZER_DEFAULTS[name].get(self.optimizer)
+                                                        if value is None else value for name, value in given.items())
+        if betas is not None:
+            if isinstance(betas, (str, bytes)) or not isinstance(betas, Sequence) or len(betas) != 2:
+                raise TypeError(f"Trainer.betas must be a pair (beta1, beta2); got {betas!r}.")
+            betas = (_real("betas", betas[0]), _real("betas", betas[1]))
+            if not all(0.0 <= b < 1.0 for b in betas):
+                raise ValueError(f"Trainer.betas must both be in [0, 1); got {given['betas']!r}.")
+        if eps is not None:
+            eps = _real("eps", eps)
+            if eps < 0:
+                raise ValueError(f"Trainer.eps must be >= 0; got {given['eps']!r}.")
+        weight_decay = _real("weight_decay", weight_decay)
+        if weight_decay < 0:
+            raise ValueError(f"Trainer.weight_decay must be >= 0 (0: none); got {given['weight_decay']!r}.")
+        if momentum is not None:
+            momentum = _real("momentum", momentum)
+            if not 0.0 <= momentum < 1.0:
+                raise ValueError(f"Trainer.momentum must be in [0, 1) (0: plain SGD); got {given['momentum']!r}.")
+        if nesterov is not None:
+            if not isinstance(nesterov, bool):
+                raise TypeError(f"Trainer.nesterov must be True or False; got {nesterov!r}.")
+            if nesterov and momentum == 0:
+                raise ValueError("Trainer.nesterov = True needs a momentum; Trainer.momentum is 0.")
+        self.betas, self.eps, self.weight_decay, self.momentum, self.nesterov = (
+            betas, eps, weight_decay, momentum, nesterov)
+
+    def _init_schedule(self, lr_schedule: str, lr_decay: float | None, lr_final: float | None) -> None:
+        """Check and set the learning-rate schedule and its settings (after ``lr``, ``num_steps``
+        and ``warmup_steps``); a setting the schedule does not use stays None (binding it is an
+        error, except to its neutral value, ``_NEUTRAL_VALUES``)."""
+        self.lr_schedule = _choice("lr_schedule", lr_schedule, LR_SCHEDULES)
+        for name, value in (("lr_decay", lr_decay), ("lr_final", lr_final)):
+            if value is not None and self.lr_schedule not in _SCHEDULE_USERS[name]:
+                if not _is_neutral(name, value):
+                    raise _does_not_apply(name, value, "lr_schedule", self.lr_schedule, _SCHEDULE_USERS[name])
+        self.lr_decay = self.lr_final = None
+        if self.lr_schedule == "warmup_decay":
+            self.lr_decay = 1.0 if lr_decay is None else _real("lr_decay", lr_decay)
+            if not 0.0 < self.lr_decay <= 1.0:
+                raise ValueError(f"Trainer.lr_decay must be in (0, 1] (1.0: no decay); got {lr_decay!r}.")
+        elif self.lr_schedule == "linear_increase":
+            if lr_final is None:
+                raise ValueError("Trainer.lr_schedule = 'linear_increase' needs Trainer.lr_final, the learning "
+                                 "rate of the last update (Trainer.lr is that of the first).")
+            self.lr_final = _real("lr_final", lr_final)
+            if not self.lr_final > 0:
+                raise ValueError(f"Trainer.lr_final must be positive; got {lr_final!r}.")
+            if self.lr_final < self.lr:
+                raise ValueError(
+                    f"Trainer.lr_final = {lr_final!r} is below Trainer.lr = {self.lr!r}, but 'linear_increase' "
+                    "raises the rate from Trainer.lr to Trainer.lr_final; swap them, or use "
+                    "Trainer.lr_schedule = 'cosine' to lower it.")
+        else:
+            self.lr_final = 0.0 if lr_final is None else _real("lr_final", lr_final)
+            if not 0.0 <= self.lr_final <= self.lr:
+                raise ValueError(f"Trainer.lr_final of 'cosine' must be in [0, Trainer.lr = {self.lr!r}]; "
+                                 f"got {lr_final!r}.")
+            if self.num_steps <= self.warmup_steps:
+                raise ValueError(
+                    f"Trainer.lr_schedule = 'cosine' decays after the warmup, but Trainer.warmup_steps = "
+                    f"{self.warmup_steps} leaves none of the Trainer.num_steps = {self.num_steps} updates; "
+                    "lower Trainer.warmup_steps.")
+
+    @property
+    def optimizer_settings(self) -> dict[str, Any]:
+        """The keyword arguments (besides ``lr``) of the torch optimizer: the settings it uses."""
+        return {name: getattr(self, name) for name, defaults in _OPTIMIZER_DEFAULTS.items()
+                if self.optimizer in defaults}
+
+    def schedule_factor(self, update: int) -> float:
+        """Multiplier of ``lr`` at update n (1-based) under the configured ``lr_schedule``."""
+        if self.lr_schedule == "warmup_decay":
+            return lr_factor(update, self.warmup_steps, self.lr_decay)
+        shape = linear_increase_factor if self.lr_schedule == "linear_increase" else cosine_factor
+        return shape(update, self.warmup_steps, self.lr_final / self.lr, self.num_steps)
 
     def _resolve_device(self, device: str | torch.device) -> torch.device:
         if isinstance(device, torch.device):
@@ -587,6 +784,7 @@ class Trainer:
             "model": model.state_dict(),
             "ema": ema.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "optimizer_name": self.optimizer,
             "scheduler": scheduler.state_dict(),
             "rng": rng,
             "gin_config": gin.operative_config_str(),
@@ -623,33 +821,50 @@ class Trainer:
         """Overwrite the hyperparameters restored from a checkpoint with the configured ones.
 
         After ``load_state_dict`` the optimizer's param groups and the scheduler's base learning
-        rates are the checkpoint's; this sets the base learning rate, betas, eps and weight decay to
+        rates are the checkpoint's; this sets the base learning rate and the optimizer's settings
+        (``optimizer_settings``: betas, eps, weight decay, momentum, nesterov, whichever it uses) to
         the Trainer's values and the current learning rate to what the configured schedule gives for
         the next update. With an unchanged configuration every value is set to what it already was.
 
         Returns:
-            Descriptions of the values that changed, e.g. ``"Trainer.lr: 0.001 -> 0.0005"``.
+            Descriptions of the values that changed, e.g. ``"Trainer.lr: 0.001 -> 0.0005"``, and,
+            when the schedule's settings (``lr_schedule``, ``warmup_steps``, ``lr_decay``,
+            ``lr_final``, or ``num_steps`` for the schedules that span the run) changed the next
+            update's learning rate, that rate before and after.
         """
-        configured = {"initial_lr": self.lr, "betas": self.betas, "eps": self.eps, "weight_decay": 0.0}
-        names = {"initial_lr": "Trainer.lr", "betas": "Trainer.betas", "eps": "Trainer.eps",
-                 "weight_decay": "Adam weight_decay"}
+        configured = {"initial_lr": self.lr, **self.optimizer_settings}
+        restored = [(group["initial_lr"], group["lr"]) for group in optimizer.param_groups]
         changes: list[str] = []
         for group in optimizer.param_groups:
             for key, value in configured.items():
                 old = group.get(key)
                 old = tuple(old) if key == "betas" and old is not None else old
                 if old != value:
-                    change = f"{names[key]}: {old} -> {value}"
+                    change = f"Trainer.{'lr' if key == 'initial_lr' else key}: {old} -> {value}"
                     if change not in changes:
                         changes.append(change)
                 group[key] = value
         scheduler.base_lrs = [self.lr for _ in optimizer.param_groups]
         # The same expression LambdaLR.get_lr evaluates: base_lr * lambda(last_epoch).
         lrs = [base * fn(scheduler.last_epoch) for fn, base in zip(scheduler.lr_lambdas, scheduler.base_lrs)]
-        for group, lr in zip(optimizer.param_groups, lrs):
+        for group, lr, fn, (old_base, old_lr) in zip(optimizer.param_groups, lrs, scheduler.lr_lambdas, restored):
             group["lr"] = lr
+            change = (f"learning rate of update {scheduler.last_epoch + 1} under the schedule "
+                      f"(Trainer.lr_schedule and its settings): {old_lr:.6g} -> {lr:.6g}")
+            if old_lr != old_base * fn(scheduler.last_epoch) and change not in changes:
+                changes.append(change)
         scheduler._last_lr = list(lrs)
         return changes
+
+    def _check_optimizer_name(self, ckpt_path: Path, state: dict[str, Any]) -> None:
+        """Raise a ValueError when the checkpoint was written by another ``Trainer.optimizer``."""
+        stored = state.get("optimizer_name", _LEGACY_OPTIMIZER)
+        if stored != self.optimizer:
+            raise ValueError(
+                f"the checkpoint {ckpt_path} was written with Trainer.optimizer = {stored!r}, but the "
+                f"configuration has Trainer.optimizer = {self.optimizer!r}; the state of {stored!r} cannot "
+                f"be continued by {self.optimizer!r}. Resume with Trainer.optimizer = {stored!r} (the "
+                f"checkpoint's), or train with {self.optimizer!r} from scratch in a new --workdir.")
 
     def _divergence_error(self, update: int, what: str, last_good: tuple[Path, int] | None) -> FloatingPointError:
         """The error for a non-finite loss, gradient or weights at ``update`` (1-based)."""
@@ -659,8 +874,11 @@ class Trainer:
         else:
             where = (f"The last good checkpoint, {last_good[0]} (step {last_good[1]}), is intact: "
                      "rerun in the same workdir to resume from it")
-        advice = (f"with a smaller learning rate, e.g. --gin_bindings='Trainer.lr = {self.lr / 2:.6g}' "
-                  f"(half of {self.lr:g})")
+        bindings, halved = f"--gin_bindings='Trainer.lr = {self.lr / 2:.6g}'", f"half of {self.lr:g}"
+        if self.lr_final:  # a schedule towards lr_final: halve both, keeping their order
+            bindings += f" --gin_bindings='Trainer.lr_final = {self.lr_final / 2:.6g}'"
+            halved = f"halves of {self.lr:g} and {self.lr_final:g}"
+        advice = f"with a smaller learning rate, e.g. {bindings} ({halved})"
         if self.grad_clip is None or self.grad_clip > 1.0:
             advice += ", or with gradient clipping, --gin_bindings='Trainer.grad_clip = 1.0'"
         return FloatingPointError(
@@ -676,7 +894,7 @@ class Trainer:
             logging.warning(
                 "resuming with optimizer settings that differ from the checkpoint's; the configured "
                 "ones apply from update %d on (learning rate %.6g): %s", step + 1,
-                self.lr * lr_factor(step + 1, self.warmup_steps, self.lr_decay), "; ".join(changes))
+                self.lr * self.schedule_factor(step + 1), "; ".join(changes))
         stored = state.get("gin_config")
         if isinstance(stored, str) and stored:
             current = gin.operative_config_str() + "\n" + gin.config_str()
@@ -732,16 +950,15 @@ class Trainer:
             self._remove_stale_temp_files(workdir / CHECKPOINT_DIR)
         model = model.to(self.device)
         ema = copy.deepcopy(model).eval().requires_grad_(False)
-        optimizer = torch.optim.Adam(model.parameters(), lr=self.lr, betas=self.betas, eps=self.eps,
-                                     weight_decay=0.0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda i: lr_factor(i + 1, self.warmup_steps, self.lr_decay))
+        optimizer = OPTIMIZERS[self.optimizer](model.parameters(), lr=self.lr, **self.optimizer_settings)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: self.schedule_factor(i + 1))
 
         step = 0
         last_good: tuple[Path, int] | None = None
         found = _newest_usable(workdir, self.device, log=main)
         if found is not None:
             ckpt_path, state, skipped = found
+            self._check_optimizer_name(ckpt_path, state)
             load_weights(model, state["model"], ckpt_path)
             load_weights(ema, state["ema"], ckpt_path)
             optimizer.load_state_dict(state["optimizer"])

@@ -1,6 +1,8 @@
-"""Trainer: lr schedule, clipping, EMA, NaN guard, atomic writes, resume and DDP equivalence."""
+"""Trainer: optimizers, lr schedules, clipping, EMA, NaN guard, atomic writes, resume and DDP
+equivalence."""
 from __future__ import annotations
 
+import math
 import socket
 import sys
 from pathlib import Path
@@ -15,7 +17,15 @@ if str(REPO_ROOT) not in sys.path:  # `tests._tiny_components` must be importabl
     sys.path.insert(0, str(REPO_ROOT))
 
 from hybrids.io import atomic_torch_save, atomic_write, read_jsonl  # noqa: E402
-from hybrids.training import Trainer, ema_update, latest_checkpoint, load_checkpoint, load_ema  # noqa: E402
+from hybrids.training import (  # noqa: E402
+    Trainer,
+    cosine_factor,
+    ema_update,
+    latest_checkpoint,
+    linear_increase_factor,
+    load_checkpoint,
+    load_ema,
+)
 from tests._tiny_components import TinyCategorical, TinyNLL, ddp_train_worker, tiny_trainer  # noqa: E402
 
 K = 5
@@ -62,6 +72,119 @@ def test_lr_schedule_is_linear_warmup_times_decay(tmp_path):
     expected = [lr * 0.25, lr * 0.5 * 0.9, lr * 0.75 * 0.81, lr * 1.0 * 0.729, lr * 0.6561,
                 lr * 0.59049, lr * 0.531441]
     assert logged == pytest.approx(expected, rel=1e-12)
+
+
+def _closed_form_lr(n: int, lr: float, num_steps: int, warmup: int, schedule: str, lr_decay: float = 1.0,
+                    lr_final: float = 0.0) -> float:
+    """The learning rate of update n, written out from the formulas of the Trainer's docstring."""
+    warm = min(1.0, n / warmup) if warmup else 1.0
+    if schedule == "warmup_decay":
+        return lr * warm * lr_decay ** (n - 1)
+    if schedule == "linear_increase":
+        return warm * (lr + (lr_final - lr) * (n - 1) / (num_steps - 1 if num_steps > 1 else 1))
+    if n <= warmup:
+        return lr * warm
+    return lr_final + (lr - lr_final) * (1 + math.cos(math.pi * (n - warmup) / (num_steps - warmup))) / 2
+
+
+@settings(max_examples=60, deadline=None)
+@given(schedule=st.sampled_from(["warmup_decay", "linear_increase", "cosine"]), num_steps=st.integers(1, 10_000),
+       data=st.data(), lr=st.floats(1e-5, 1.0), ratio=st.floats(0.0, 1.0), decay=st.floats(0.5, 1.0))
+def test_lr_schedules_match_their_closed_forms(schedule, num_steps, data, lr, ratio, decay):
+    warmup = data.draw(st.integers(0, num_steps - 1 if schedule == "cosine" else num_steps + 5), label="warmup")
+    n = data.draw(st.integers(1, num_steps), label="update")
+    kw = {"warmup_decay": dict(lr_decay=decay), "cosine": dict(lr_final=ratio * lr),
+          "linear_increase": dict(lr_final=lr / max(ratio, 1e-3))}[schedule]
+    trainer = Trainer(num_steps=num_steps, lr=lr, warmup_steps=warmup, lr_schedule=schedule, **kw)
+    expected = _closed_form_lr(n, lr, num_steps, warmup, schedule, **kw)
+    assert lr * trainer.schedule_factor(n) == pytest.approx(expected, rel=1e-9, abs=1e-15)
+    # The ends of the schedules that span the run: lr_final at the last update (once the warmup is
+    # over; a 1-update 'linear_increase' stays at lr), and 'cosine' reaches lr when the warmup ends.
+    if schedule != "warmup_decay" and warmup <= num_steps:
+        last = lr if schedule == "linear_increase" and num_steps == 1 else kw["lr_final"]
+        assert lr * trainer.schedule_factor(num_steps) == pytest.approx(last, rel=1e-12, abs=1e-15)
+    if schedule == "cosine" and warmup:
+        assert trainer.schedule_factor(warmup) == pytest.approx(1.0, rel=1e-15)
+
+
+@settings(max_examples=30, deadline=None)
+@given(num_steps=st.integers(2, 500), warmup=st.integers(0, 50), ratio=st.floats(1.0, 100.0))
+def test_linear_increase_rises_and_cosine_falls_after_the_warmup(num_steps, warmup, ratio):
+    ups = [linear_increase_factor(n, 0, ratio, num_steps) for n in range(1, num_steps + 1)]
+    assert all(a <= b for a, b in zip(ups, ups[1:])) and ups[0] == 1.0
+    if num_steps > warmup:
+        downs = [cosine_factor(n, warmup, 1 / ratio, num_steps) for n in range(warmup + 1, num_steps + 1)]
+        assert all(a >= b for a, b in zip(downs, downs[1:]))
+
+
+@pytest.mark.parametrize("schedule, kw", [
+    ("linear_increase", dict(lr_final=0.4, warmup_steps=2)),
+    ("cosine", dict(lr_final=0.01, warmup_steps=3)),
+])
+def test_fit_logs_the_rates_of_the_schedule(tmp_path, schedule, kw):
+    _trainer(num_steps=7, lr=0.1, lr_schedule=schedule, **kw).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    logged = [r["lr"] for r in read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    if schedule == "linear_increase":  # 0.1 + 0.05 (n - 1), times the warmup 1/2 at update 1
+        expected = [0.05, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4]
+    else:  # warmup 1/3, 2/3, 1, then 0.01 + 0.045 (1 + cos(pi k / 4)) for k = 1..4
+        expected = [0.1 / 3, 0.2 / 3, 0.1] + [0.01 + 0.045 * (1 + math.cos(math.pi * k / 4)) for k in range(1, 5)]
+    assert logged == pytest.approx(expected, rel=1e-12)
+
+
+# Each optimizer with settings that differ from its defaults, and a schedule.
+OPTIMIZER_CASES = {
+    "adam": dict(),
+    "adamw": dict(optimizer="adamw", weight_decay=0.1, betas=(0.8, 0.9), lr_decay=0.9),
+    "adagrad": dict(optimizer="adagrad", eps=1e-6, lr_schedule="linear_increase", lr_final=0.3),
+    "sgd": dict(optimizer="sgd", momentum=0.5, nesterov=True, weight_decay=0.01, lr_schedule="cosine",
+                warmup_steps=2),
+}
+
+
+def _torch_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    """The torch optimizer that OPTIMIZER_CASES[name] should configure, written out."""
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(0.8, 0.9), eps=1e-8, weight_decay=0.1)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, eps=1e-6)
+    return torch.optim.SGD(params, lr=lr, momentum=0.5, nesterov=True, weight_decay=0.01)
+
+
+@pytest.mark.parametrize("name", OPTIMIZER_CASES)
+def test_each_optimizer_is_torchs_with_its_settings_and_schedule(tmp_path, name):
+    kw = OPTIMIZER_CASES[name]
+    torch.manual_seed(0)
+    a = torch.randn(*SHAPE, K)
+    model = _model()
+    with torch.no_grad():
+        model.logits.normal_()
+    theta0 = model.logits.detach().clone()
+    theta = nn.Parameter(theta0.clone())
+    lr, num_steps = 0.1, 5
+    _trainer(num_steps=num_steps, lr=lr, **kw).fit(model, LinearLoss(a), _data(), tmp_path)
+
+    reference = _torch_optimizer(name, [theta], lr)
+    args = dict(lr=lr, num_steps=num_steps, warmup=kw.get("warmup_steps", 0),
+                schedule=kw.get("lr_schedule", "warmup_decay"))
+    args.update({k: kw[k] for k in ("lr_decay", "lr_final") if k in kw})
+    rates = [_closed_form_lr(n, **args) for n in range(1, num_steps + 1)]
+    for rate in rates:
+        reference.param_groups[0]["lr"] = rate
+        theta.grad = a.clone()
+        reference.step()
+    torch.testing.assert_close(model.logits.detach(), theta.detach(), rtol=1e-6, atol=1e-7)
+    assert (model.logits.detach() - theta0).abs().min() > 1e-3  # every weight moved
+    records = [r for r in read_jsonl(tmp_path / "metrics.jsonl") if r["kind"] == "train"]
+    assert [r["lr"] for r in records] == pytest.approx(rates, rel=1e-12)
+    state = load_checkpoint(latest_checkpoint(tmp_path))
+    assert state["optimizer_name"] == name
+    # The same optimizer class with the same settings: equal param groups (but the learning rates).
+    group, expected = (dict(g, lr=None, initial_lr=None) for g in (state["optimizer"]["param_groups"][0],
+                                                                    reference.state_dict()["param_groups"][0]))
+    assert group == expected
+    assert state["optimizer"]["state"][0].keys() == reference.state_dict()["state"][0].keys()
 
 
 @pytest.mark.parametrize("clip", [None, 0.5, 100.0])
@@ -144,9 +267,13 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     assert torch.equal(torch.load(target, weights_only=True)["x"], torch.ones(2))
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("optimizer_kw", [
+    dict(), dict(optimizer="adamw", weight_decay=0.1), dict(optimizer="adagrad"),
+    dict(optimizer="sgd", momentum=0.9, nesterov=True, lr_decay=0.95),
+], ids=["adam", "adamw", "adagrad", "sgd"])
+def test_resume_equals_uninterrupted(tmp_path, optimizer_kw):
     data = _data(40)  # 5 batches per epoch: the run crosses epoch boundaries
-    kw = dict(batch_size=8, checkpoint_every=3, keep_checkpoints=2, log_every=1, ema_decay=0.8)
+    kw = dict(batch_size=8, checkpoint_every=3, keep_checkpoints=2, log_every=1, ema_decay=0.8, **optimizer_kw)
 
     torch.manual_seed(0)
     full = _trainer(num_steps=12, **kw).fit(_model(), NoisyNLL(K), data, tmp_path / "a")
@@ -163,6 +290,47 @@ def test_resume_equals_uninterrupted(tmp_path):
     steps = [r["step"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
     assert steps == list(range(1, 13))
     assert len(list((tmp_path / "b" / "checkpoints").iterdir())) == 2  # keep_checkpoints
+
+
+class Killed(Exception):
+    """Stands for the process being killed."""
+
+
+class KilledAt(NoisyNLL):
+    """NoisyNLL that raises ``Killed`` at its ``at``-th call (during that update)."""
+
+    def __init__(self, at: int | None):
+        super().__init__(K)
+        self.at, self.calls = at, 0
+
+    def __call__(self, model, batch):
+        self.calls += 1
+        if self.calls == self.at:
+            raise Killed
+        return super().__call__(model, batch)
+
+
+@pytest.mark.parametrize("optimizer_kw", [
+    dict(optimizer="adagrad", lr_schedule="linear_increase", lr_final=0.5, warmup_steps=2),
+    dict(optimizer="sgd", momentum=0.5, lr_schedule="cosine", lr_final=0.001, warmup_steps=3),
+    dict(optimizer="adamw", lr_schedule="cosine"),
+], ids=["adagrad-linear_increase", "sgd-cosine", "adamw-cosine"])
+def test_killed_run_resumes_exactly_under_the_schedules_that_span_the_run(tmp_path, optimizer_kw):
+    data = _data(40)
+    kw = dict(num_steps=12, batch_size=8, checkpoint_every=3, log_every=1, ema_decay=0.8, **optimizer_kw)
+    torch.manual_seed(0)
+    _trainer(**kw).fit(_model(), KilledAt(None), data, tmp_path / "a")
+    torch.manual_seed(0)
+    with pytest.raises(Killed):
+        _trainer(**kw).fit(_model(), KilledAt(8), data, tmp_path / "b")  # during update 8: ckpt 6 is the last
+    torch.manual_seed(12345)
+    _trainer(**kw).fit(_model(), KilledAt(None), data, tmp_path / "b")
+    a, b = (load_checkpoint(latest_checkpoint(tmp_path / d)) for d in "ab")
+    assert a["step"] == b["step"] == 12
+    for part in ("model", "ema"):
+        assert torch.equal(a[part]["logits"], b[part]["logits"])
+    assert [r["lr"] for r in read_jsonl(tmp_path / "a" / "metrics.jsonl")] == [
+        r["lr"] for r in read_jsonl(tmp_path / "b" / "metrics.jsonl")]
 
 
 def test_resume_drops_metrics_logged_after_the_checkpoint(tmp_path):
@@ -266,3 +434,18 @@ def test_resume_with_another_configuration_fails_clearly(tmp_path):
     data = torch.randint(0, K, (64, 1, 2, 3), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="new --workdir"):
         _trainer(num_steps=4).fit(other, TinyNLL(K), data, tmp_path)
+
+
+@pytest.mark.parametrize("optimizer,schedule", [("sgd", "warmup_decay"), ("adagrad", "cosine")])
+def test_neutral_preset_values_are_accepted_where_they_do_not_apply(optimizer, schedule):
+    """presets/cpu_small.gin binds Trainer.betas = (0.9, 0.999) and Trainer.lr_decay = 1.0 for every
+    row; an SGD/Adagrad or cosine row under it must not fail, and the neutral values are not passed
+    on (a TypeError from torch's SGD would show they were). Any other value still raises."""
+    from hybrids.training import OPTIMIZERS, Trainer
+
+    trainer = Trainer(num_steps=10, optimizer=optimizer, betas=(0.9, 0.999), lr_decay=1.0, lr_schedule=schedule,
+                      warmup_steps=0)
+    assert "betas" not in trainer.optimizer_settings and trainer.betas is None
+    OPTIMIZERS[optimizer]([nn.Parameter(torch.zeros(1))], lr=1e-3, **trainer.optimizer_settings)
+    with pytest.raises(ValueError, match="does not apply"):
+        Trainer(num_steps=10, optimizer=optimizer, betas=(0.95, 0.9995), lr_schedule=schedule, warmup_steps=0)

@@ -286,6 +286,78 @@ def test_changed_hyperparameters_apply_on_resume(tmp_path, logs):
     assert "from update 5 on" in warned
 
 
+@pytest.mark.parametrize("before, after, expected", [
+    (dict(optimizer="sgd"), dict(optimizer="sgd", momentum=0.5, nesterov=True, weight_decay=0.01),
+     ["Trainer.momentum: 0.9 -> 0.5", "Trainer.nesterov: False -> True", "Trainer.weight_decay: 0.0 -> 0.01"]),
+    (dict(optimizer="adamw"), dict(optimizer="adamw", weight_decay=0.2), ["Trainer.weight_decay: 0.01 -> 0.2"]),
+    (dict(optimizer="adagrad"), dict(optimizer="adagrad", eps=1e-6), ["Trainer.eps: 1e-10 -> 1e-06"]),
+], ids=["sgd", "adamw", "adagrad"])
+def test_changed_optimizer_settings_apply_on_resume(tmp_path, logs, before, after, expected):
+    _trainer(num_steps=4, **before).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    logs.clear()
+    _trainer(num_steps=6, **after).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    group = load_checkpoint(_ckpt(tmp_path, 6))["optimizer"]["param_groups"][0]
+    reference = Trainer(**after)
+    assert {k: tuple(v) if k == "betas" else v for k, v in group.items() if k in reference.optimizer_settings
+            } == reference.optimizer_settings
+    warned = " ".join(_messages(logs, std_logging.WARNING))
+    assert all(change in warned for change in expected), warned
+    assert "learning rate of update" not in warned  # the schedule is the same
+    # An unchanged configuration resumes without a warning.
+    logs.clear()
+    _trainer(num_steps=7, **after).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    assert not _messages(logs, std_logging.WARNING)
+
+
+def test_changed_schedule_applies_on_resume_and_is_logged(tmp_path, logs):
+    kw = dict(num_steps=8, lr=0.1, lr_schedule="linear_increase")
+    _trainer(lr_final=0.8, checkpoint_every=4, **kw).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    _ckpt(tmp_path, 8).unlink()  # resume from step 4
+    logs.clear()
+    _trainer(lr_final=0.45, checkpoint_every=4, **kw).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    records = read_jsonl(tmp_path / "metrics.jsonl")
+    # 0.1 + 0.1 (n - 1) until update 4, then the new schedule 0.1 + 0.05 (n - 1).
+    assert [r["lr"] for r in records] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.3, 0.35, 0.4, 0.45], rel=1e-12)
+    warned = " ".join(_messages(logs, std_logging.WARNING))
+    assert ("learning rate of update 5 under the schedule (Trainer.lr_schedule and its settings): "
+            "0.5 -> 0.3") in warned
+    assert "Trainer.lr:" not in warned
+
+
+@pytest.mark.parametrize("first, then", [("adam", "sgd"), ("sgd", "adagrad"), ("adam", "adamw")])
+def test_resuming_with_another_optimizer_names_both_and_the_fix(tmp_path, first, then):
+    _trainer(num_steps=2, optimizer=first).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    with pytest.raises(ValueError) as info:
+        _trainer(num_steps=4, optimizer=then).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    msg = str(info.value)
+    assert f"{_ckpt(tmp_path, 2)} was written with Trainer.optimizer = '{first}'" in msg
+    assert f"the configuration has Trainer.optimizer = '{then}'" in msg
+    assert f"Resume with Trainer.optimizer = '{first}'" in msg and "new --workdir" in msg
+    assert [s for s, _ in checkpoint_files(tmp_path)] == [2, 1]  # nothing was changed
+
+
+def test_checkpoints_without_an_optimizer_name_are_adams(tmp_path):
+    """Checkpoints written before Trainer.optimizer existed resume under Adam only."""
+    _trainer(num_steps=2).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    state = load_checkpoint(_ckpt(tmp_path, 2))
+    assert state.pop("optimizer_name") == "adam"
+    torch.save(state, _ckpt(tmp_path, 2))
+    with pytest.raises(ValueError, match="written with Trainer.optimizer = 'adam'"):
+        _trainer(num_steps=3, optimizer="adagrad").fit(_model(), TinyNLL(K), _data(), tmp_path)
+    _trainer(num_steps=3).fit(_model(), TinyNLL(K), _data(), tmp_path)
+    assert [s for s, _ in checkpoint_files(tmp_path)][0] == 3
+
+
+def test_divergence_advice_halves_lr_final_too(tmp_path):
+    def objective(model, batch):
+        return model.logits.sum() * float("nan"), {}
+
+    with pytest.raises(FloatingPointError) as info:
+        _trainer(lr=0.1, lr_schedule="linear_increase", lr_final=0.4).fit(_model(), objective, _data(), tmp_path)
+    assert ("--gin_bindings='Trainer.lr = 0.05' --gin_bindings='Trainer.lr_final = 0.2' "
+            "(halves of 0.1 and 0.4)") in str(info.value)
+
+
 def test_resume_logs_the_gin_configuration_diff(tmp_path, logs):
     gin.parse_config("hybrids.Trainer.lr = 0.1\nhybrids.Trainer.num_steps = 3")
     Trainer(batch_size=8, warmup_steps=0, checkpoint_every=3, log_every=1).fit(
@@ -458,6 +530,87 @@ def test_fractional_num_steps_no_longer_truncates(tmp_path):
 def test_real_valued_arguments(kw, error, match):
     with pytest.raises(error, match=match):
         Trainer(**kw)
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    (dict(optimizer="adamx"), ValueError,
+     r"Unknown Trainer\.optimizer 'adamx'; choose one of \['adam', 'adamw', 'adagrad', 'sgd'\]"),
+    (dict(optimizer="Adam"), ValueError, r"Unknown Trainer\.optimizer 'Adam'"),
+    (dict(optimizer=None), TypeError, r"Trainer\.optimizer must be a string"),
+    (dict(lr_schedule="step"), ValueError,
+     r"Unknown Trainer\.lr_schedule 'step'; choose one of \['warmup_decay', 'linear_increase', 'cosine'\]"),
+    (dict(weight_decay=-0.1), ValueError, r"Trainer\.weight_decay must be >= 0"),
+    (dict(optimizer="adamw", weight_decay=float("inf")), ValueError, r"Trainer\.weight_decay must be finite"),
+    (dict(optimizer="sgd", momentum=1.0), ValueError, r"Trainer\.momentum must be in \[0, 1\)"),
+    (dict(optimizer="sgd", momentum=-0.1), ValueError, r"Trainer\.momentum must be in \[0, 1\)"),
+    (dict(optimizer="sgd", momentum="0.9"), TypeError, r"Trainer\.momentum must be a number"),
+    (dict(optimizer="sgd", nesterov="yes"), TypeError, r"Trainer\.nesterov must be True or False"),
+    (dict(optimizer="sgd", momentum=0.0, nesterov=True), ValueError,
+     r"Trainer\.nesterov = True needs a momentum; Trainer\.momentum is 0"),
+    (dict(optimizer="adagrad", eps=-1.0), ValueError, r"Trainer\.eps must be >= 0"),
+    (dict(lr_schedule="linear_increase"), ValueError,
+     r"'linear_increase' needs Trainer\.lr_final, the learning rate of the last update"),
+    (dict(lr_schedule="linear_increase", lr_final=0.0), ValueError, r"Trainer\.lr_final must be positive"),
+    (dict(lr_schedule="linear_increase", lr_final=-1.0), ValueError, r"Trainer\.lr_final must be positive"),
+    (dict(lr=1e-3, lr_schedule="linear_increase", lr_final=1e-4), ValueError,
+     r"Trainer\.lr_final = 0\.0001 is below Trainer\.lr = 0\.001.*swap them"),
+    (dict(lr_schedule="linear_increase", lr_final=float("nan")), ValueError, r"Trainer\.lr_final must be finite"),
+    (dict(lr=1e-3, lr_schedule="cosine", lr_final=-1e-4, warmup_steps=0), ValueError,
+     r"Trainer\.lr_final of 'cosine' must be in \[0, Trainer\.lr = 0\.001\]; got -0\.0001"),
+    (dict(lr=1e-3, lr_schedule="cosine", lr_final=1e-2, warmup_steps=0), ValueError,
+     r"Trainer\.lr_final of 'cosine' must be in \[0, Trainer\.lr"),
+    (dict(num_steps=100, warmup_steps=100, lr_schedule="cosine"), ValueError,
+     r"Trainer\.warmup_steps = 100 leaves none of the Trainer\.num_steps = 100 updates"),
+])
+def test_optimizer_and_schedule_arguments(kw, error, match):
+    with pytest.raises(error, match=match):
+        Trainer(**kw)
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(momentum=0.9),
+     r"Trainer\.momentum = 0\.9 does not apply to Trainer\.optimizer = 'adam' \(only to 'sgd'\)"),
+    (dict(optimizer="adamw", nesterov=False),
+     r"Trainer\.nesterov = False does not apply to Trainer\.optimizer = 'adamw'"),
+    (dict(optimizer="sgd", betas=(0.95, 0.999)),
+     r"Trainer\.betas = \(0\.95, 0\.999\) does not apply to Trainer\.optimizer = 'sgd' \(only to 'adam', 'adamw'\)"),
+    (dict(optimizer="adagrad", betas=(0.8, 0.99)), r"Trainer\.betas .* Trainer\.optimizer = 'adagrad'"),
+    (dict(optimizer="sgd", eps=1e-8),
+     r"Trainer\.eps = 1e-08 does not apply to Trainer\.optimizer = 'sgd' \(only to 'adam', 'adamw', 'adagrad'\)"),
+    (dict(lr_final=1e-3),
+     r"Trainer\.lr_final = 0\.001 does not apply to Trainer\.lr_schedule = 'warmup_decay' "
+     r"\(only to 'linear_increase', 'cosine'\); remove the binding, or choose a Trainer\.lr_schedule that uses it"),
+    (dict(lr_schedule="cosine", lr_decay=0.999),
+     r"Trainer\.lr_decay = 0\.999 does not apply to Trainer\.lr_schedule = 'cosine'"),
+    (dict(lr_schedule="linear_increase", lr_final=1.0, lr_decay=0.99), r"Trainer\.lr_decay .* 'linear_increase'"),
+])
+def test_a_setting_the_optimizer_or_schedule_does_not_use_is_an_error(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Trainer(**kw)
+
+
+def test_gin_selects_the_optimizer_and_refuses_settings_it_does_not_use():
+    try:
+        gin.parse_config("hybrids.Trainer.optimizer = 'sgd'\nhybrids.Trainer.nesterov = True\n"
+                         "hybrids.Trainer.lr_schedule = 'cosine'\nhybrids.Trainer.warmup_steps = 0")
+        trainer = Trainer()
+        assert trainer.optimizer_settings == dict(weight_decay=0.0, momentum=0.9, nesterov=True)
+        assert (trainer.betas, trainer.eps, trainer.lr_decay, trainer.lr_final) == (None, None, None, 0.0)
+        gin.parse_config("hybrids.Trainer.betas = (0.9, 0.99)")
+        with pytest.raises(ValueError,
+                           match=r"Trainer\.betas = \(0\.9, 0\.99\) does not apply to Trainer\.optimizer = 'sgd'"):
+            Trainer()
+    finally:
+        gin.clear_config()
+
+
+def test_defaults_are_adam_with_warmup_and_no_decay():
+    trainer = Trainer()
+    assert (trainer.optimizer, trainer.lr_schedule) == ("adam", "warmup_decay")
+    assert trainer.optimizer_settings == dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    assert (trainer.lr_decay, trainer.lr_final, trainer.momentum, trainer.nesterov) == (1.0, None, None, None)
+    assert Trainer(optimizer="adamw").optimizer_settings == dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    assert Trainer(optimizer="adagrad").optimizer_settings == dict(eps=1e-10, weight_decay=0.0)
 
 
 @pytest.mark.parametrize("device", ["garbage", "gpu", "cuda:x", "tpu", "cpu:0:1", ""])
