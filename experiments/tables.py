@@ -69,16 +69,21 @@ class Table:
     notes: tuple[str, ...] = field(default=())
 
 
+_QUALITY_COLUMNS = (
+    Column("FD (see metric)", "sample_fd_eval.fd"),
+    Column("FD floor (real)", "sample_fd_eval.floor.fd"),
+    Column("KID (see metric)", "sample_fd_eval.kid.kid"),
+    Column("KID floor (real)", "sample_fd_eval.floor.kid.kid"),
+)
+"""Sample quality of the row's sampler with the real-data floor (``sample_fd_eval``)."""
+
 _NCML_COLUMNS = (
     Column("NLL pi=0 (bpd)", "pi_perturbation_eval.bpd.0.0"),
     Column("NLL pi=0.5 (bpd)", "pi_perturbation_eval.bpd.0.5"),
     Column("NLL pi=1 (bpd)", "pi_perturbation_eval.bpd.1.0"),
     Column("degradation pi 0->1 (bpd)", "pi_perturbation_eval.degradation"),
     Column("degradation, interior pixels only (bpd)", "pi_perturbation_eval.interior.degradation"),
-    Column("FD (see metric)", "sample_fd_eval.fd"),
-    Column("FD floor (real)", "sample_fd_eval.floor.fd"),
-    Column("KID (see metric)", "sample_fd_eval.kid.kid"),
-    Column("KID floor (real)", "sample_fd_eval.floor.kid.kid"),
+    *_QUALITY_COLUMNS,
 )
 
 
@@ -217,10 +222,7 @@ CROSS_METHOD_TABLE = Table(
         Column("DSM bound (bpd)", "score_likelihood_eval.bound_bpd.mean"),
         Column("consistency gap (bpd)", "consistency_eval.gap_bpd.mean"),
         Column("|consistency gap| (bpd)", "consistency_eval.abs_gap_bpd.mean"),
-        Column("FD (see metric)", "sample_fd_eval.fd"),
-        Column("FD floor (real)", "sample_fd_eval.floor.fd"),
-        Column("KID (see metric)", "sample_fd_eval.kid.kid"),
-        Column("KID floor (real)", "sample_fd_eval.floor.kid.kid"),
+        *_QUALITY_COLUMNS,
     ),
     rows=(
         Row("PixelCNN++ (MLE)", ("pixelcnnpp_mle.gin",)),
