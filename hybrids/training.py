@@ -110,19 +110,6 @@ _OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     "nesterov": {"sgd": False},
 }
 _SCHEDULE_USERS = {"lr_decay": ("warmup_decay",), "lr_final": ("linear_increase", "cosine")}
-# Neutral values (Adam's betas, no decay) that a preset may bind for every row: accepted, and
-# ignored, where the chosen optimizer or schedule does not use the setting.
-_NEUTRAL_VALUES: dict[str, Any] = {"betas": (0.9, 0.999), "lr_decay": 1.0}
-
-
-def _is_neutral(name: str, value: Any) -> bool:
-    """Whether ``value`` is the neutral value of ``Trainer.<name>`` (``_NEUTRAL_VALUES``)."""
-    neutral = _NEUTRAL_VALUES.get(name)
-    if neutral is None:
-        return False
-    if isinstance(neutral, tuple):
-        return isinstance(value, Sequence) and not isinstance(value, (str, bytes)) and tuple(value) == neutral
-    return value == neutral
 # Checkpoints written before Trainer.optimizer existed hold Adam's state.
 _LEGACY_OPTIMIZER = "adam"
 
@@ -627,16 +614,13 @@ class Trainer:
     def _init_optimizer(self, optimizer: str, betas: tuple[float, float] | None, eps: float | None,
                         weight_decay: float | None, momentum: float | None, nesterov: bool | None) -> None:
         """Check and set ``optimizer`` and its settings; None takes the optimizer's default and a
-        setting the optimizer does not use stays None (binding it is an error, except to its
-        neutral value, ``_NEUTRAL_VALUES``, which presets bind for every row)."""
+        setting the optimizer does not use stays None (binding it is an error)."""
         self.optimizer = _choice("optimizer", optimizer, tuple(OPTIMIZERS))
         given = {"betas": betas, "eps": eps, "weight_decay": weight_decay, "momentum": momentum,
                  "nesterov": nesterov}
         for name, value in given.items():
             if value is not None and self.optimizer not in _OPTIMIZER_DEFAULTS[name]:
-                if not _is_neutral(name, value):
-                    raise _does_not_apply(name, value, "optimizer", self.optimizer, tuple(_OPTIMIZER_DEFAULTS[name]))
-                given[name] = None
+                raise _does_not_apply(name, value, "optimizer", self.optimizer, tuple(_OPTIMIZER_DEFAULTS[name]))
         betas, eps, weight_decay, momentum, nesterov = (_OPTIMIZER_DEFAULTS[name].get(self.optimizer)
                                                         if value is None else value for name, value in given.items())
         if betas is not None:
@@ -667,12 +651,11 @@ class Trainer:
     def _init_schedule(self, lr_schedule: str, lr_decay: float | None, lr_final: float | None) -> None:
         """Check and set the learning-rate schedule and its settings (after ``lr``, ``num_steps``
         and ``warmup_steps``); a setting the schedule does not use stays None (binding it is an
-        error, except to its neutral value, ``_NEUTRAL_VALUES``)."""
+        error)."""
         self.lr_schedule = _choice("lr_schedule", lr_schedule, LR_SCHEDULES)
         for name, value in (("lr_decay", lr_decay), ("lr_final", lr_final)):
             if value is not None and self.lr_schedule not in _SCHEDULE_USERS[name]:
-                if not _is_neutral(name, value):
-                    raise _does_not_apply(name, value, "lr_schedule", self.lr_schedule, _SCHEDULE_USERS[name])
+                raise _does_not_apply(name, value, "lr_schedule", self.lr_schedule, _SCHEDULE_USERS[name])
         self.lr_decay = self.lr_final = None
         if self.lr_schedule == "warmup_decay":
             self.lr_decay = 1.0 if lr_decay is None else _real("lr_decay", lr_decay)

@@ -572,16 +572,16 @@ def test_optimizer_and_schedule_arguments(kw, error, match):
      r"Trainer\.momentum = 0\.9 does not apply to Trainer\.optimizer = 'adam' \(only to 'sgd'\)"),
     (dict(optimizer="adamw", nesterov=False),
      r"Trainer\.nesterov = False does not apply to Trainer\.optimizer = 'adamw'"),
-    (dict(optimizer="sgd", betas=(0.95, 0.999)),
-     r"Trainer\.betas = \(0\.95, 0\.999\) does not apply to Trainer\.optimizer = 'sgd' \(only to 'adam', 'adamw'\)"),
-    (dict(optimizer="adagrad", betas=(0.8, 0.99)), r"Trainer\.betas .* Trainer\.optimizer = 'adagrad'"),
+    (dict(optimizer="sgd", betas=(0.9, 0.999)),
+     r"Trainer\.betas = \(0\.9, 0\.999\) does not apply to Trainer\.optimizer = 'sgd' \(only to 'adam', 'adamw'\)"),
+    (dict(optimizer="adagrad", betas=(0.9, 0.999)), r"Trainer\.betas .* Trainer\.optimizer = 'adagrad'"),
     (dict(optimizer="sgd", eps=1e-8),
      r"Trainer\.eps = 1e-08 does not apply to Trainer\.optimizer = 'sgd' \(only to 'adam', 'adamw', 'adagrad'\)"),
     (dict(lr_final=1e-3),
      r"Trainer\.lr_final = 0\.001 does not apply to Trainer\.lr_schedule = 'warmup_decay' "
      r"\(only to 'linear_increase', 'cosine'\); remove the binding, or choose a Trainer\.lr_schedule that uses it"),
-    (dict(lr_schedule="cosine", lr_decay=0.999),
-     r"Trainer\.lr_decay = 0\.999 does not apply to Trainer\.lr_schedule = 'cosine'"),
+    (dict(lr_schedule="cosine", lr_decay=1.0),
+     r"Trainer\.lr_decay = 1\.0 does not apply to Trainer\.lr_schedule = 'cosine'"),
     (dict(lr_schedule="linear_increase", lr_final=1.0, lr_decay=0.99), r"Trainer\.lr_decay .* 'linear_increase'"),
 ])
 def test_a_setting_the_optimizer_or_schedule_does_not_use_is_an_error(kw, match):

@@ -242,13 +242,13 @@ def consistency_eval(
     x_all = model_space_examples(model, data, num_examples, generator)
     num_dims = x_all[0].numel()
     gaps, owns, odes, nfes = [], [], [], []
+
+    def level(value: float, like: Tensor) -> Tensor:
+        return torch.full((like.shape[0],), value, dtype=like.dtype, device=like.device)
+
     for start in range(0, x_all.shape[0], batch_size):
         x0 = x_all[start:start + batch_size].to(device)
-        x = perturb(sde, x0, torch.full((x0.shape[0],), t0, dtype=x0.dtype, device=device), generator).x_t
-
-        def level(value: float, like: Tensor) -> Tensor:
-            return torch.full((like.shape[0],), value, dtype=like.dtype, device=like.device)
-
+        x = perturb(sde, x0, level(t0, x0), generator).x_t
         with torch.no_grad():
             own = model.log_prob(x, level(t0, x))
             res = ode_log_prob(model, sde, x, divergence=divergence, eps=t0, t_end=t1, rtol=rtol, atol=atol,
