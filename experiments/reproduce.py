@@ -17,6 +17,8 @@ Each row of a table (``experiments/tables.py``) is one gin row file run with
 * ``paper``: the row files + ``presets/paper.gin`` (the papers' datasets and sizes; needs a GPU and
   the data).
 
+Tables of bits/dim end with reference rows that need no training: PNG and WebP on the same test
+images (``experiments.references``).
 Rows whose ``results.json`` already records a full run are collected, not rerun, so an interrupted
 reproduction resumes; ``--collect_only`` runs nothing. A failing row is reported in the table (status
 column) and the exit status is 1. ``--rows`` runs a subset (e.g. two processes on disjoint rows
@@ -40,6 +42,7 @@ from absl import app, flags, logging
 from experiments.cells import (
     Progress, cell_done, flatten_results, last_error_line, run_cell, run_cell_in_process, stop_cells_on_sigterm)
 from experiments.plots import append_picture_links, write_table_plots
+from experiments.references import codec_reference_rows
 from experiments.runner import RESULTS_FILE, resolve_gin_file
 from experiments.tables import SCALES, TABLES, Table
 from hybrids.io import atomic_write_text, read_json
@@ -113,8 +116,8 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
     and the table reports the mean and standard deviation over the trainings.
 
     Returns:
-        One dict per row: ``row``, ``status`` ('done', 'collected', 'missing', 'not selected' or
-        'failed'), ``error``, ``ours`` (column name -> value; the mean over seeds), ``ours_sd``
+        One dict per row: ``row``, ``status`` ('done', 'collected', 'missing', 'not selected',
+        'failed', or 'reference' for the lossless-codec rows of ``experiments.references``), ``error``, ``ours`` (column name -> value; the mean over seeds), ``ours_sd``
         (column name -> standard deviation over seeds, None for one seed), ``n_seeds`` (trainings
         with results) and ``paper`` (column name -> value).
     """
@@ -129,6 +132,7 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
     root = Path(workdir)
     root.mkdir(parents=True, exist_ok=True)
     rows = []
+    datasets, all_flat = [], []
     pending = [] if collect_only else [(r, d, extra) for r in table.rows if r in selected
                                        for d, extra in seed_dirs(root / r.slug, seeds) if not cell_done(d, MODE)]
     progress = Progress(len(pending), "training")
@@ -154,7 +158,10 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
             errors += [error] if error else []
             results_path = row_dir / RESULTS_FILE
             if results_path.exists():
-                per_seed.append(flatten_results(read_json(results_path).get("results", {})))
+                record = read_json(results_path)
+                per_seed.append(flatten_results(record.get("results", {})))
+                datasets.append(record.get("dataset"))
+                all_flat.append(per_seed[-1])
         status = next((s for s in ("failed", "missing", "not selected", "done") if s in statuses), "collected")
         summaries = {col.name: _summarise([col.value(flat) for flat in per_seed]) for col in table.columns}
         ours = {name: mean for name, (mean, _, _) in summaries.items()}
@@ -165,6 +172,7 @@ def reproduce(table_name: str, scale: str, workdir: str | Path, *, collect_only:
         rows.append({"row": row.label, "status": status, "error": "; ".join(errors), "ours": ours,
                      "ours_sd": ours_sd, "n_seeds": len(per_seed), "paper": dict(row.paper), "command": command})
         print(f"{table.name}: {row.label}: {status}" + (f" -- {rows[-1]['error']}" if errors else ""), flush=True)
+    rows += codec_reference_rows(table, [d for d in datasets if d], all_flat, data_dir)
     write_table(root, table, scale, rows, seeds)
     pictures = write_table_plots(root, table, [(row.label, root / row.slug) for row in table.rows])
     append_picture_links(root / "table.md", pictures)

@@ -7,6 +7,7 @@ with ``import hybrids.hooks``. The contract (signature, outputs, result keys, PN
 | module | hooks |
 | --- | --- |
 | ``likelihood`` | ``pi_perturbation_eval``, ``score_likelihood_eval``, ``consistency_eval``, ``dsm_loss_variance_eval``, ``vardeq_likelihood_eval``, ``density_grid_eval`` |
+| ``likelihood_baselines`` | ``train_test_gap_eval``, ``multisample_dequant_eval`` |
 | ``samplers`` | ``ancestral_sampler``, ``hybrid_sampler``, ``pc_sampler``, ``ode_sampler``, ``annealed_langevin_sampler``, ``ar_langevin_sampler``, ``model_sampler``, ``density_grid_image`` |
 | ``sample_quality`` | ``sample_fd_eval`` |
 | ``anomaly`` | ``score_norm_anomaly_eval``, ``density_anomaly_eval`` |
@@ -19,6 +20,7 @@ from hybrids.hooks.base import (Budget, Hook, evaluator, hook_keys, sampler, sam
 from hybrids.hooks.denoising import denoise_eval, denoise_images
 from hybrids.hooks.likelihood import (consistency_eval, density_grid_eval, dsm_loss_variance_eval, pi_perturbation_eval,
                                       score_likelihood_eval, vardeq_likelihood_eval)
+from hybrids.hooks.likelihood_baselines import multisample_dequant_eval, train_test_gap_eval
 from hybrids.hooks.sample_quality import sample_fd_eval
 from hybrids.hooks.samplers import (ancestral_sampler, annealed_langevin_sampler, ar_langevin_sampler,
                                     density_grid_image, hybrid_sampler, model_sampler, ode_sampler, pc_sampler)
@@ -28,8 +30,10 @@ __all__ = [
     "Budget", "Hook", "ancestral_sampler", "annealed_langevin_sampler", "ar_langevin_sampler", "conditioning_eval",
     "consistency_eval",
     "density_anomaly_eval", "density_grid_eval", "density_grid_image", "denoise_eval", "denoise_images",
-    "dsm_loss_variance_eval", "evaluator", "hook_keys", "hybrid_sampler", "model_sampler", "ode_sampler",
+    "dsm_loss_variance_eval", "evaluator", "hook_keys", "hybrid_sampler", "model_sampler", "multisample_dequant_eval",
+    "ode_sampler",
     "pc_sampler", "pi_perturbation_eval", "sample_fd_eval", "sampler", "samples_output", "score_likelihood_eval",
-    "score_norm_anomaly_eval", "score_sampler_hook", "shape_sampler_hook", "vardeq_likelihood_eval",
+    "score_norm_anomaly_eval", "score_sampler_hook", "shape_sampler_hook", "train_test_gap_eval",
+    "vardeq_likelihood_eval",
     "walk_jump_class_eval", "walk_jump_sampler",
 ]

@@ -19,7 +19,7 @@ The conditioner is an MLP on the flattened level values 2k/(K-1) - 1
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -106,6 +106,65 @@ class VariationalDequantizer(nn.Module):
         return u.reshape(k.shape), -log_det
 
 
+def dequantization_log_weights(
+    log_prob_fn: LogProbFn,
+    k: Tensor,
+    num_levels: int,
+    *,
+    dequantizer: VariationalDequantizer | None = None,
+    n_samples: int = 1,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Log importance weights log w_s = log p_pixel(k + u_s) - log q(u_s | k), u_s ~ q(u | k).
+
+    Args:
+        log_prob_fn: log p_x of model-space x ``[B, ...]`` -> ``[B]`` (e.g. an ODE likelihood).
+        k: integer levels ``[B, ...]``.
+        num_levels: K.
+        dequantizer: q(u | k); None means uniform (log q = 0).
+        n_samples: S draws per example (``log_prob_fn`` is called S times on batches of B).
+        generator: random source.
+        dtype: dtype of x for uniform dequantization.
+
+    Returns:
+        ``[S, B]`` log weights in nats; their log-mean-exp over the first s rows is the s-sample bound.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be >= 1; got {n_samples}.")
+    if k.is_floating_point():
+        raise TypeError("k must be integer levels; dequantization bounds need discrete data.")
+    num_dims = k[0].numel()
+    terms = []
+    for _ in range(n_samples):
+        if dequantizer is None:
+            u = rand(k.shape, generator, dtype=dtype, device=k.device)
+            log_q = torch.zeros(k.shape[0], dtype=dtype, device=k.device)
+        else:
+            u, log_q = dequantizer.sample(k, generator)
+        x = _to_model_space(k, u, num_levels)
+        terms.append(pixel_log_prob(log_prob_fn(x), num_dims, num_levels) - log_q)
+    return torch.stack(terms, 0)
+
+
+def multisample_bounds(log_weights: Tensor, sizes: Sequence[int]) -> dict[int, Tensor]:
+    """The nested s-sample bounds log (1/s) sum_{i<s} w_i for each s in ``sizes``.
+
+    Args:
+        log_weights: ``[S, B]`` from :func:`dequantization_log_weights`.
+        sizes: sample counts, each in 1..S (the bounds share their first draws, so they are
+            paired: for exact log p_x their expectations increase with s towards log P(k)).
+
+    Returns:
+        ``{s: [B] bounds in nats}``.
+    """
+    total = log_weights.shape[0]
+    bad = [s for s in sizes if not 1 <= int(s) <= total]
+    if bad:
+        raise ValueError(f"sample counts {bad} outside 1..{total} (the number of log weights drawn).")
+    return {int(s): torch.logsumexp(log_weights[: int(s)], 0) - math.log(int(s)) for s in sizes}
+
+
 def dequantization_log_prob(
     log_prob_fn: LogProbFn,
     k: Tensor,
@@ -130,22 +189,9 @@ def dequantization_log_prob(
     Returns:
         ``[B]`` lower bounds (their expectations are) on log P(k).
     """
-    if n_samples < 1:
-        raise ValueError(f"n_samples must be >= 1; got {n_samples}.")
-    if k.is_floating_point():
-        raise TypeError("k must be integer levels; dequantization bounds need discrete data.")
-    num_dims = k[0].numel()
-    terms = []
-    for _ in range(n_samples):
-        if dequantizer is None:
-            u = rand(k.shape, generator, dtype=dtype, device=k.device)
-            log_q = torch.zeros(k.shape[0], dtype=dtype, device=k.device)
-        else:
-            u, log_q = dequantizer.sample(k, generator)
-        x = _to_model_space(k, u, num_levels)
-        terms.append(pixel_log_prob(log_prob_fn(x), num_dims, num_levels) - log_q)
-    stacked = torch.stack(terms, 0)
-    return torch.logsumexp(stacked, 0) - math.log(n_samples)
+    log_w = dequantization_log_weights(log_prob_fn, k, num_levels, dequantizer=dequantizer, n_samples=n_samples,
+                                       generator=generator, dtype=dtype)
+    return multisample_bounds(log_w, [n_samples])[n_samples]
 
 
 def train_variational_dequantizer(
