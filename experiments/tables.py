@@ -300,4 +300,99 @@ CROSS_METHOD_TABLE = Table(
     ),
 )
 
-TABLES = {t.name: t for t in (NCML_TABLE1, SCOREFLOW_TABLE2, ARCSM_TABLE, GPS_TABLE, CROSS_METHOD_TABLE)}
+_CSM_ROW = ("MODEL = @MADEConditionalScore()", "OBJECTIVE = @CSM()", "SAMPLER = @ar_langevin_sampler",
+            'objective_eval.reduction = "mean"')
+_SAME_LANGEVIN = ("ar_langevin_sampler.num_steps = %LANGEVIN_STEPS",)
+"""After the presets (which bind ar_langevin_sampler.num_steps): both samplers take the row file's steps."""
+
+
+def _objective_rows(data: str, gin_file: str) -> tuple[Row, ...]:
+    """The same MADE under CSM (AR-CSM reading) and SM, SSM, SSM-VR, DSM (joint reading) on ``gin_file``."""
+    return (
+        Row(f"{data} CSM (AR-CSM MADE)", (gin_file,), bindings=(*_CSM_ROW, *_SAME_LANGEVIN)),
+        Row(f"{data} SM (joint MADE)", (gin_file,), bindings=("OBJECTIVE = @SM()", *_SAME_LANGEVIN)),
+        Row(f"{data} SSM (joint MADE)", (gin_file,), bindings=("OBJECTIVE = @SSM()", *_SAME_LANGEVIN)),
+        Row(f"{data} SSM-VR (joint MADE)", (gin_file,),
+            bindings=("OBJECTIVE = @SSM()", "SSM.variance_reduction = True", *_SAME_LANGEVIN)),
+        Row(f"{data} DSM (joint MADE)", (gin_file,), bindings=_SAME_LANGEVIN),
+    )
+
+
+_OBJECTIVE_ROWS = (*_objective_rows("MNIST", "made_objectives_mnist.gin"),
+                   *_objective_rows("toy", "made_objectives_toy.gin"))
+
+ARCSM_OBJECTIVES_TABLE = Table(
+    name="arcsm_objectives",
+    title="One MADE under CSM, SM, SSM, SSM-VR and DSM: loss, its spread, cost per update, samples",
+    source="AR-CSM (Meng et al., NeurIPS 2020) compares CSM with SM, SSM and DSM; the extract has no numbers",
+    columns=(
+        Column("loss per example (end of training)", "objective_eval.loss_per_example.mean"),
+        Column("its sd over updates", "objective_eval.loss_per_example.sd"),
+        Column("s / update", "objective_eval.seconds_per_update"),
+        *_QUALITY_COLUMNS,
+        Column("MMD^2 (toy)", "sample_mmd_eval.mmd2"),
+        Column("MMD^2 floor (real)", "sample_mmd_eval.floor.mmd2"),
+    ),
+    rows=_OBJECTIVE_ROWS,
+    notes=(
+        "Only the objective changes between the rows of a dataset: the CSM row reads the MADE as an "
+        "autoregressive conditional score model; the others read the same network with its masks removed as "
+        "the joint score (MADEJointScore, same sizes and the same initial weights for a seed). Every objective "
+        "sees the data + N(0, SIGMA^2) (SIGMA = 0.1; toy: checkerboard). Loss: objective_eval, the training loss "
+        "at the final weights on test batches of the training batch size with fresh noise (and projections), per "
+        "example (summed over the D dimensions; per dimension in results.json); 'its sd over updates' is its "
+        "standard deviation over 50 batches, the spread of an update-by-update loss curve at the end of "
+        "training (the objectives estimate different constants, so "
+        "compare spreads, not levels; SM, SSM and SSM-VR estimate the same quantity on the same model). "
+        "s / update: forward, backward and Adam step at the training batch size, median of 5 (the one-thread "
+        "scaling with D is benchmarks/score_objectives.py, docs/benchmarks.md). Samples: per-dimension Langevin "
+        "for CSM, Langevin on all coordinates for the joint models (one noise level, so no annealing), the "
+        "same step and updates per coordinate; FD/KID against the clean test split with the real-data floor "
+        "(images), MMD^2 with Gaussian kernels against 2000 test points with the floor of as many real points "
+        "as samples (toy). SM costs D backward passes per update: its MNIST row refuses D = 784 (SM.max_dims = 256), so at "
+        "--scale=small run the table with --rows="
+        + ",".join(r.slug for r in _OBJECTIVE_ROWS if r.label != "MNIST SM (joint MADE)")
+        + " (SM then reads 'not selected'). Loss curves of every row, mean +- sd over --seeds trainings: "
+        "python -m experiments.loss_bands --table=arcsm_objectives --workdir=DIR.",
+    ),
+)
+
+ARCSM_VAE_TABLE = Table(
+    name="arcsm_vae",
+    title="VAEs with implicit encoders: entropy gradients from AR-CSM and SSM score estimates, against a Gaussian encoder",
+    source="AR-CSM (Meng et al., NeurIPS 2020), Table 2 (MNIST), after Song et al. (Sliced Score Matching, UAI 2019); "
+           "the extract has none of its numbers",
+    columns=(
+        Column("NLL (nats)", "vae_likelihood_eval.nll_nats.mean"),
+        Column("NLL s.e.", "vae_likelihood_eval.nll_nats.se"),
+        Column("NLL at K/10 (nats)", "vae_likelihood_eval.nll_nats_k10.mean"),
+        Column("K/10 - K (nats)", "vae_likelihood_eval.k10_minus_k_nats.mean"),
+        Column("NLL (bits/dim)", "vae_likelihood_eval.nll_bpd.mean"),
+        Column("ESS / K", "vae_likelihood_eval.ess_fraction"),
+        *_QUALITY_COLUMNS,
+    ),
+    rows=tuple(
+        Row(f"{label}, latent {dim}", (gin,), bindings=(f"LATENT_DIM = {dim}",))
+        for dim in (8, 16)
+        for label, gin in (("Gaussian encoder (ELBO)", "vae_gaussian_mnist.gin"),
+                           ("implicit encoder + SSM", "vae_implicit_ssm_mnist.gin"),
+                           ("implicit encoder + AR-CSM", "vae_implicit_csm_mnist.gin"))
+    ),
+    notes=(
+        "MNIST binarised stochastically (b ~ Bernoulli(k / 255), test images once, seeded); Bernoulli "
+        "decoder, prior N(0, I); NLL = -log p(x) in nats per image, bits/dim = nats / (784 ln 2) of these "
+        "binary images (not comparable with the 256-level tables). Estimator: importance sampling, "
+        "log (1/K) sum_k p(x | z_k) p(z_k) / r(z_k | x) with K = 1000 draws from an equal mixture of the "
+        "encoder's Gaussian (q itself, or a Gaussian fitted to 128 implicit-encoder draws, scale x 1.5) and "
+        "the Laplace approximation of the posterior (scale x 1.5): unbiased for p(x), so an upper bound on "
+        "the NLL in expectation; 'K/10 - K' (same draws) near 0 shows it has converged, and s.e. is over "
+        "test images (Song et al.'s code evaluates with AIS). Implicit rows: z = g(x, eps), entropy gradient from the "
+        "estimator's score of q(z | x) (refitted once per VAE update on fresh draws, in coordinates "
+        "whitened by the mean and covariance of 256 draws per image, a choice of hybrids); the AR-CSM "
+        "estimator's joint score normalises its one-dimensional conditionals by quadrature. FD/KID: decoder means of z ~ N(0, I) "
+        "against the test split in the library's domain-classifier features, with the real-data floor.",
+    ),
+)
+
+TABLES = {t.name: t for t in (NCML_TABLE1, SCOREFLOW_TABLE2, ARCSM_TABLE, GPS_TABLE, CROSS_METHOD_TABLE,
+                              ARCSM_OBJECTIVES_TABLE, ARCSM_VAE_TABLE)}

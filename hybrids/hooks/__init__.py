@@ -13,6 +13,8 @@ with ``import hybrids.hooks``. The contract (signature, outputs, result keys, PN
 | ``anomaly`` | ``score_norm_anomaly_eval``, ``density_anomaly_eval`` |
 | ``denoising`` | ``denoise_eval``, ``denoise_images`` |
 | ``walk_jump`` | ``walk_jump_sampler``, ``walk_jump_class_eval``, ``conditioning_eval`` |
+| ``objective_comparison`` | ``objective_eval``, ``langevin_sampler``, ``sample_mmd_eval`` |
+| ``vae`` | ``vae_likelihood_eval``, ``vae_sampler`` |
 """
 from hybrids.hooks.anomaly import density_anomaly_eval, score_norm_anomaly_eval
 from hybrids.hooks.base import (Budget, Hook, evaluator, hook_keys, sampler, samples_output, score_sampler_hook,
@@ -25,6 +27,8 @@ from hybrids.hooks.sample_quality import sample_fd_eval
 from hybrids.hooks.samplers import (ancestral_sampler, annealed_langevin_sampler, ar_langevin_sampler,
                                     density_grid_image, hybrid_sampler, model_sampler, ode_sampler, pc_sampler)
 from hybrids.hooks.walk_jump import conditioning_eval, walk_jump_class_eval, walk_jump_sampler
+from hybrids.hooks.objective_comparison import langevin_sampler, objective_eval, sample_mmd_eval
+from hybrids.hooks.vae import vae_likelihood_eval, vae_sampler
 
 __all__ = [
     "Budget", "Hook", "ancestral_sampler", "annealed_langevin_sampler", "ar_langevin_sampler", "conditioning_eval",
@@ -36,4 +40,6 @@ __all__ = [
     "score_norm_anomaly_eval", "score_sampler_hook", "shape_sampler_hook", "train_test_gap_eval",
     "vardeq_likelihood_eval",
     "walk_jump_class_eval", "walk_jump_sampler",
+    "vae_likelihood_eval", "vae_sampler",
+    "langevin_sampler", "objective_eval", "sample_mmd_eval",
 ]

@@ -33,10 +33,14 @@ from hybrids.models.made import (  # noqa: E402
     MADEConditional,
     MADEConditionalScore,
     MADEDensity,
+    MADEJointScore,
 )
 
 __all__ += ["GaussianConditional", "LogisticMixtureConditional", "MADE", "MADEConditional",
-            "MADEConditionalScore", "MADEDensity", "PixelCNNConditionalScore"]
+            "MADEConditionalScore", "MADEDensity", "MADEJointScore", "PixelCNNConditionalScore"]
 from hybrids.models.pixelcnnpp import NCPN, PixelCNNpp  # noqa: E402
 
 __all__ += ["NCPN", "PixelCNNpp"]
+from hybrids.models.vae import VAE  # noqa: E402
+
+__all__ += ["VAE"]

@@ -8,6 +8,9 @@ ICML 2015. Natural variable order x_1, ..., x_D. Images ``[B, C, H, W]`` are fla
 * :class:`MADEConditionalScore`: an autoregressive conditional score model (Meng, Yu, Song, Song
   and Ermon, "Autoregressive Score Matching", NeurIPS 2020), s_d = h(x_d, c_d); it implements
   :class:`hybrids.models.base.ARConditionalScoreModel`.
+* :class:`MADEJointScore`: the joint-score counterpart of :class:`MADEConditionalScore` (the same
+  network with its masks removed), s(x) in R^D, for the joint score matching objectives (SM, SSM,
+  SSM-VR, DSM), so that a comparison with composite score matching changes only the objective.
 * :class:`MADEDensity`: the maximum-likelihood baselines with continuous ``log_prob`` and
   ``discrete_log_prob``; the form of the conditionals p(x_d | x_<d) is a head object chosen once
   from the ``conditional`` argument: :class:`GaussianConditional` or
@@ -20,6 +23,7 @@ masses of a position sum to 1.
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Callable, Sequence
 
@@ -201,6 +205,68 @@ class MADEConditionalScore(ARConditionalScoreModel):
         if self.sde is not None:
             s = s / self.sde.marginal_coefs(self._time(x_d, t)).std[:, None]
         return s
+
+
+@gin.configurable(module="hybrids.models")
+class MADEJointScore(NoiseConditionalModel):
+    """The joint score s(x) in R^D from the network of a :class:`MADEConditionalScore`, unmasked.
+
+    s_d(x) = h(x_d, c_d(x)) with c = MADE(x) ``[B, D, F]`` computed with every mask of the MADE
+    (hidden, output and direct layers) set to one, and the shared per-position head h of the
+    template (with its sigma(t) preconditioning for a noise-conditional template).
+
+    Why this is the fair counterpart of the AR-CSM model in a comparison of objectives (Meng, Yu,
+    Song, Song and Ermon, "Autoregressive Score Matching", NeurIPS 2020, compare composite score
+    matching with SM, SSM and DSM): the layers, their sizes, the activation, the head, the
+    parameter count and the cost of a forward pass are the template's, and the initial weights
+    are the template's own (a copy), so a gin row that builds its template after the Trainer has
+    seeded torch starts from exactly the weights of the CSM row with the same seed. Only what the
+    masks impose changes, and it must: read as a joint score, the masked network's Jacobian
+    ds_d/dx_j would vanish for j > d (triangular), and a gradient field has a symmetric Jacobian,
+    so the masked network could only represent scores of independent coordinates. Unmasked, every
+    s_d depends on all of x; the model is not autoregressive (``conditional_scores`` raises, and
+    ``hybrids.samplers.ar_langevin_sample`` refuses it).
+
+    gin::
+
+        experiment.model = @MADEJointScore()
+        MADEJointScore.template = @MADEConditionalScore()   # sizes bound on MADEConditionalScore
+
+    Args:
+        template: the AR-CSM model whose network is copied (the template itself is not changed).
+
+    Raises:
+        TypeError: for a template that is not a :class:`MADEConditionalScore`.
+    """
+
+    def __init__(self, template: MADEConditionalScore = gin.REQUIRED):
+        super().__init__()
+        if not isinstance(template, MADEConditionalScore):
+            raise TypeError(
+                f"MADEJointScore.template must be a MADEConditionalScore (bind "
+                f"`MADEJointScore.template = @MADEConditionalScore()`); got {type(template).__name__}."
+            )
+        self.network = copy.deepcopy(template)
+        made = self.network.made
+        for layer in (*made.layers, made.output, made.direct):
+            layer.mask.fill_(1.0)
+        self.dim = template.dim
+        self.noise_conditional = template.noise_conditional
+        self.sde = template.sde
+
+    def score(self, x: Tensor, t: Tensor | None = None, *, create_graph: bool | None = None) -> Tensor:
+        """s(x, t), shaped like ``x`` (``create_graph`` is unused: the score is a forward pass).
+
+        Args:
+            x: ``[B, D]`` or an image ``[B, C, H, W]`` with C H W = D.
+            t: ``[B]`` times for a noise-conditional template, else None (ignored).
+
+        Returns:
+            s_d = h(x_d, c_d(x)) for all d, laid out like ``x``.
+        """
+        x_seq = _flatten(x, self.dim)
+        c = self.network.context(x_seq, t)
+        return self.network.head(x_seq, c, t).reshape(x.shape)
 
 
 def _log_gaussian_bin_mass(mu: Tensor, log_sigma: Tensor, k: Tensor, num_levels: int) -> Tensor:

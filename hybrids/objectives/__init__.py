@@ -4,3 +4,4 @@ from hybrids.objectives.csm import CSM  # noqa: E402
 from hybrids.objectives.mle import MLE  # noqa: E402
 from hybrids.objectives.ncml import NCML  # noqa: E402
 from hybrids.objectives.score_matching import SM, SSM  # noqa: E402
+from hybrids.objectives.vae import VAEObjective  # noqa: E402
