@@ -191,6 +191,28 @@ def test_gaussian_bin_mass_matches_cdf_difference_and_far_tails_stay_finite():
     assert torch.isfinite(lp).all()  # masses ~exp(-800) at the far end are still finite logs
 
 
+def test_gaussian_scale_is_clamped_so_a_collapsed_model_keeps_finite_bin_masses():
+    """float32, a model that drove log sigma to -100 (sigma -> 0, the MNIST run that stopped with an infinite
+    loss): every bin's log mass stays finite and the K masses still sum to 1, because log sigma is clamped at
+    LOG_SIGMA_MIN (-7) in every method; the density and the draws use the clamped sigma too. Catches the
+    unclamped head (log mass -inf for any bin a few thousand sigmas from the mean) and a clamp applied to
+    one method only."""
+    from hybrids.models.made import LOG_SIGMA_MIN
+
+    params = torch.tensor([[[0.3, -100.0]]]).expand(256, 1, 2)
+    k = torch.arange(256)[:, None]
+    head = GaussianConditional()
+    lp = head.discrete_log_prob(params.reshape(256, 1, 2), k, 256)
+    assert torch.isfinite(lp).all()
+    torch.testing.assert_close(torch.logsumexp(lp.double(), 0), torch.tensor(0.0, dtype=torch.float64), atol=1e-5, rtol=0)
+    x = torch.tensor([[0.3]])
+    expected = -LOG_SIGMA_MIN - 0.5 * math.log(2 * math.pi)
+    assert head.log_prob(params[:1], x).item() == pytest.approx(expected, rel=1e-6)
+    draw = head.sample(params[:1, 0], torch.Generator().manual_seed(0))
+    z = torch.randn(1, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(draw, 0.3 + math.exp(LOG_SIGMA_MIN) * z)
+
+
 @pytest.mark.parametrize("conditional", ["gaussian", "logistic_mixture"])
 def test_ancestral_samples_follow_the_discrete_masses(conditional):
     num_levels, dim, n = 4, 2, 40_000
