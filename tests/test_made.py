@@ -191,6 +191,27 @@ def test_gaussian_bin_mass_matches_cdf_difference_and_far_tails_stay_finite():
     assert torch.isfinite(lp).all()  # masses ~exp(-800) at the far end are still finite logs
 
 
+def test_gaussian_bin_masses_stay_finite_and_accurate_when_sigma_is_huge():
+    """float32, log sigma = 12 (sigma ~ 1.6e5; the MNIST run that stopped with an infinite loss at update 839):
+    Phi(a) and Phi(b) of an interior bin agree to float32 precision, and the difference of CDFs gives log 0.
+    The midpoint rule keeps every mass finite, within 1e-4 (relative) of the float64 difference of CDFs, with
+    finite gradients. Catches the plain difference of CDFs (-inf) and a fallback without the bin width."""
+    mu = torch.full((256, 1), 3.34, requires_grad=True)
+    log_sigma = torch.full((256, 1), 12.0, requires_grad=True)
+    k = torch.arange(256)[:, None]
+    from hybrids.models.made import _log_gaussian_bin_mass
+
+    lp = _log_gaussian_bin_mass(mu, log_sigma, k, 256)
+    assert torch.isfinite(lp).all()
+    normal = torch.distributions.Normal(torch.tensor(3.34, dtype=torch.float64), math.exp(12.0))
+    centre = 2 * k[:, 0].double() / 255 - 1
+    hi = torch.where(k[:, 0] == 255, torch.tensor(1.0, dtype=torch.float64), normal.cdf(centre + 1 / 255))
+    lo = torch.where(k[:, 0] == 0, torch.tensor(0.0, dtype=torch.float64), normal.cdf(centre - 1 / 255))
+    torch.testing.assert_close(lp.double()[:, 0], torch.log(hi - lo), rtol=1e-4, atol=1e-4)
+    lp.sum().backward()
+    assert torch.isfinite(mu.grad).all() and torch.isfinite(log_sigma.grad).all()
+
+
 def test_gaussian_scale_is_clamped_so_a_collapsed_model_keeps_finite_bin_masses():
     """float32, a model that drove log sigma to -100 (sigma -> 0, the MNIST run that stopped with an infinite
     loss): every bin's log mass stays finite and the K masses still sum to 1, because log sigma is clamped at

@@ -274,7 +274,8 @@ def _log_gaussian_bin_mass(mu: Tensor, log_sigma: Tensor, k: Tensor, num_levels:
 
     c_k = 2k/(K-1) - 1, delta = 1/(K-1) (see the module docstring). The difference of normal
     CDFs is taken on the side of the mean where both tails are small (reflection about mu) in log
-    space, which keeps far-tail masses accurate without a density fallback.
+    space, which keeps far-tail masses accurate; a bin far narrower than sigma (where the two CDFs
+    agree to the dtype's precision) takes the midpoint rule phi(mid) (b - a) instead.
 
     Args:
         mu, log_sigma: ``[B, D]``.
@@ -294,7 +295,20 @@ def _log_gaussian_bin_mass(mu: Tensor, log_sigma: Tensor, k: Tensor, num_levels:
     a = torch.where(flip, -hi, lo)
     b = torch.where(flip, -lo, hi)
     log_b, log_a = torch.special.log_ndtr(b), torch.special.log_ndtr(a)
-    return log_b + torch.log(-torch.expm1((log_a - log_b).clamp(max=0.0)))
+    log_ratio = (log_a - log_b).clamp(max=0.0)  # log Phi(a) - log Phi(b) <= 0
+    exact = log_b + torch.log((-torch.expm1(log_ratio)).clamp(min=torch.finfo(mu.dtype).tiny))
+    # A bin far narrower than sigma: Phi(a) and Phi(b) agree to the dtype's precision (float32 at
+    # sigma ~ 1e5 gives log 0), so use the midpoint rule phi(mid) (b - a), whose relative error is
+    # O((b - a)^2) and tiny exactly where the difference of CDFs cannot be resolved.
+    width = b - a
+    narrow = torch.isfinite(width) & (log_ratio > -_NARROW_BIN)
+    mid = torch.where(narrow, 0.5 * (a + b), torch.zeros_like(a))
+    midpoint = -0.5 * mid**2 - 0.5 * math.log(2 * math.pi) + torch.log(torch.where(narrow, width, torch.ones_like(width)))
+    return torch.where(narrow, midpoint, exact)
+
+
+_NARROW_BIN = 1e-3
+"""Bins whose CDF ratio Phi(a)/Phi(b) exceeds exp(-1e-3) use the midpoint rule (see above)."""
 
 
 def _as_image_params(p: Tensor) -> Tensor:
