@@ -152,8 +152,9 @@ def multisample_dequant_eval(
         model: a model with a score (density models through their autograd score), on ``device``.
         data: the test split (integer images).
         sizes: sample counts S (nested: one set of max(sizes) draws per image).
-        likelihood: log p_x from ``'exact'`` (the model's own continuous density ``log_prob(x, 0)``,
-            e.g. a MADE with Gaussian conditionals), ``'ode'`` (probability-flow ODE) or ``'bound'``
+        likelihood: log p_x from ``'exact'`` (the model's own continuous density ``log_prob(x, 0)``
+            of a density trained on dequantized data; a discrete model's continuous density, e.g. a MADE
+            whose conditionals read bin centres, is another model), ``'ode'`` (probability-flow ODE) or ``'bound'``
             (eps-corrected DSM bound, a lower bound on log p_x, so the S-sample numbers stay bounds
             in expectation up to its Monte-Carlo noise).
         num_examples: images evaluated.
