@@ -8,6 +8,7 @@ docs/methods.md where the extracts lost them); ``None`` where the extract does n
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,9 +55,22 @@ class Row:
         from ``data_dir`` when given)."""
         files = [*self.gin_files, *SCALES[scale][0]]
         parts = ["python -m experiments.run", *(f"--gin_file={f}" for f in files)]
-        parts += [f"--gin_bindings='{b}'" for b in (*self.bindings, *extra_bindings)]
-        parts += [f"--data_dir={data_dir}"] if data_dir else []
+        parts += [_shell_flag("gin_bindings", b) for b in (*self.bindings, *extra_bindings)]
+        parts += [_shell_flag("data_dir", data_dir)] if data_dir else []
         return " ".join(parts + [f"--workdir=runs/{self.slug}", "--mode=all"])
+
+
+def _shell_flag(name: str, value: str) -> str:
+    """``--name=value`` as one shell word: the value in single quotes, in double quotes when it
+    holds a single quote (gin strings: ``"x = 'exact'"``), else quoted by ``shlex``; a value with
+    no special characters is left bare."""
+    if value == shlex.quote(value):
+        return f"--{name}={value}"
+    if "'" not in value:
+        return f"--{name}='{value}'"
+    if not any(c in value for c in '"$`\\!'):
+        return f'--{name}="{value}"'
+    return shlex.quote(f"--{name}={value}")
 
 
 @dataclass(frozen=True)

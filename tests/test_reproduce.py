@@ -5,6 +5,8 @@ import csv
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from experiments.reproduce import get_table, reproduce
 from experiments.tables import SCALES, TABLES
@@ -114,6 +116,26 @@ def test_row_command_names_every_file_binding_and_the_data_dir():
     assert all(f"--gin_bindings='{b}'" in command for b in (*row.bindings, "Trainer.num_steps = 5"))
     assert command.endswith(f"--data_dir=/data/mnist --workdir=runs/{row.slug} --mode=all")
     assert "--data_dir" not in row.command("cpu")
+
+
+@given(binding=st.sampled_from([
+    "Trainer.num_steps = 5", "multisample_dequant_eval.divergence = 'exact'", "X.s = \"a'b\"",
+    "X.s = '$HOME'", "X.v = [1, 2]", "FOO=1"]), data_dir=st.sampled_from(["/data/mnist", "/my data/it's"]))
+@settings(max_examples=20, deadline=None)
+def test_row_command_is_one_shell_word_per_flag(binding, data_dir):
+    """The printed command splits (as a shell would) into exactly the flags experiments.run gets.
+
+    Catches the binding quoted as --gin_bindings='...' around a value that holds a single quote
+    (gin strings such as divergence = 'exact'): the shell then splits or mangles it."""
+    import shlex
+
+    from experiments.tables import TABLES
+
+    row = TABLES["arcsm"].rows[0]
+    words = shlex.split(row.command("small", [binding], data_dir))
+    assert f"--gin_bindings={binding}" in words
+    assert f"--data_dir={data_dir}" in words
+    assert all(f"--gin_bindings={b}" in words for b in row.bindings)
 
 
 @pytest.mark.slow
