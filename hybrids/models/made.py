@@ -269,6 +269,10 @@ class MADEJointScore(NoiseConditionalModel):
         return self.network.head(x_seq, c, t).reshape(x.shape)
 
 
+_NARROW_BIN = 1e-3
+"""Bins whose CDF ratio Phi(a)/Phi(b) exceeds exp(-1e-3) use the midpoint rule (_log_gaussian_bin_mass)."""
+
+
 def _log_gaussian_bin_mass(mu: Tensor, log_sigma: Tensor, k: Tensor, num_levels: int) -> Tensor:
     """log of the N(mu, sigma^2) mass of bin k: [c_k - delta, c_k + delta], end bins open.
 
@@ -305,10 +309,6 @@ def _log_gaussian_bin_mass(mu: Tensor, log_sigma: Tensor, k: Tensor, num_levels:
     mid = torch.where(narrow, 0.5 * (a + b), torch.zeros_like(a))
     midpoint = -0.5 * mid**2 - 0.5 * math.log(2 * math.pi) + torch.log(torch.where(narrow, width, torch.ones_like(width)))
     return torch.where(narrow, midpoint, exact)
-
-
-_NARROW_BIN = 1e-3
-"""Bins whose CDF ratio Phi(a)/Phi(b) exceeds exp(-1e-3) use the midpoint rule (see above)."""
 
 
 def _as_image_params(p: Tensor) -> Tensor:
