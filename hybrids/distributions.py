@@ -184,12 +184,15 @@ def _check_data(params: Tensor, x: Tensor, what: str) -> None:
 
 
 def _logistic_log_pdf(z: Tensor, log_scale: Tensor) -> Tensor:
-    """log of the logistic density at x with z = (x - mu) / s: -z - log s - 2 softplus(-z).
+    """log of the logistic density at x with z = (x - mu) / s: log sigma(z) + log sigma(-z) - log s.
 
-    softplus(y) = log(1 + e^y) is computed as logaddexp(y, 0), exact in every dtype (torch's
-    ``F.softplus`` returns y itself above y = 20, an error of e^-20 ~ 2e-9 that float64 sees).
+    (= -z - log s - 2 softplus(-z).) ``F.logsigmoid`` is exact in every dtype (torch's ``F.softplus``
+    returns y itself above y = 20, an error of e^-20 ~ 2e-9 that float64 sees), and its first and
+    second derivatives, 1 - sigma and -sigma (1 - sigma), stay finite for every z. (logaddexp(-z, 0)
+    has a finite value and gradient, but its double backward is inf / inf = NaN once |z| > 88 in
+    float32, which DSM through an autograd score reaches.)
     """
-    return -z - log_scale - 2.0 * torch.logaddexp(-z, torch.zeros_like(z))
+    return F.logsigmoid(z) + F.logsigmoid(-z) - log_scale
 
 
 def _log1mexp(a: Tensor) -> Tensor:

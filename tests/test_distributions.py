@@ -298,6 +298,50 @@ def test_score_equals_autograd_and_finite_differences(c, nr_mix, seed):
     torch.testing.assert_close(score, fd, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, D64])
+def test_continuous_density_has_finite_second_derivatives_far_in_the_tails(dtype):
+    """DSM through an autograd score back-propagates through the score, so the log-density needs
+    finite second derivatives. Mixture params with the smallest scale put x hundreds of scales from
+    every mean; the closed forms of the logistic log pdf are d/dz = -tanh(z/2) and
+    d^2/dz^2 = -sech^2(z/2)/2. Catches logaddexp(-z, 0) in the log pdf: finite value and gradient,
+    but a NaN double backward (inf / inf) once |z| > 88 in float32 (training diverged at update ~180
+    on MNIST)."""
+    params = random_params(1, 2, 0, log_scale_range=(LOG_SCALE_MIN, LOG_SCALE_MIN), hw=(2, 2), batch=1).to(dtype)
+    mix = unpack_mixture_params(params, 1)
+    x = torch.tensor([[[[-1.0, 1.0], [0.05, -0.3]]]], dtype=dtype, requires_grad=True)
+    z = ((x.unsqueeze(2) - mix.means) * torch.exp(-mix.log_scales)).detach()
+    assert z.abs().max() > 100  # the float32 overflow regime of the old form
+    (score,) = torch.autograd.grad(logistic_mixture_log_prob(params, x).sum(), x, create_graph=True)
+    (hess_diag,) = torch.autograd.grad(score.sum(), x)
+    assert torch.isfinite(score).all() and torch.isfinite(hess_diag).all()
+    # per pixel: sum_i w_i [-sech^2(z_i/2)/(2 s_i^2)] + Var_w(-tanh(z_i/2)/s_i); the mixture's exact Hessian
+    inv_s = torch.exp(-mix.log_scales)
+    w = torch.softmax(mix.log_pi - z.abs().sum(1) - 2 * torch.log1p(torch.exp(-z.abs())).sum(1)
+                      - mix.log_scales.sum(1), dim=1)
+    g = (-torch.tanh(z / 2) * inv_s)[:, 0]
+    curv = (-0.5 / torch.cosh(z / 2) ** 2 * inv_s ** 2)[:, 0]
+    expected = (w * curv).sum(1) + (w * g ** 2).sum(1) - (w * g).sum(1) ** 2
+    torch.testing.assert_close(hess_diag[:, 0], expected, rtol=1e-4, atol=1e-2)
+
+
+@settings(max_examples=10, deadline=None)
+@given(z=st.floats(-500, 500, allow_nan=False), dtype=st.sampled_from([torch.float32, D64]))
+def test_logistic_log_pdf_derivatives_match_closed_forms(z, dtype):
+    """log pdf(z) = -z - 2 softplus(-z), its derivative -tanh(z/2) and second derivative
+    -sech^2(z/2)/2 at any z (including 0 and |z| > 88, where exp(|z|) overflows float32)."""
+    from hybrids.distributions import _logistic_log_pdf
+
+    zt = torch.tensor([z], dtype=dtype, requires_grad=True)
+    y = _logistic_log_pdf(zt, torch.zeros_like(zt))
+    (d1,) = torch.autograd.grad(y.sum(), zt, create_graph=True)
+    (d2,) = torch.autograd.grad(d1.sum(), zt)
+    z64 = torch.tensor([z], dtype=D64)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(y.double().detach(), -z64 - 2 * torch.logaddexp(-z64, torch.zeros_like(z64)), **tol)
+    torch.testing.assert_close(d1.double(), -torch.tanh(z64 / 2), **tol)
+    torch.testing.assert_close(d2.double(), -0.5 / torch.cosh(z64 / 2) ** 2, **tol)
+
+
 def test_continuous_needs_matching_shapes():
     with pytest.raises(ValueError, match="shape"):
         logistic_mixture_log_prob(random_params(1, 2, 0), torch.zeros(1, 1, 3, 3, dtype=D64))
