@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from hybrids.likelihood import (VariationalDequantizer, dequantization_log_prob, dsm_bound, ode_log_prob,
@@ -381,6 +383,53 @@ def test_likelihood_hook_bpd_offset_for_levels():
     x = dequantize(k, 17, torch.Generator().manual_seed(1), dtype=torch.float32).double()
     expected = (-model.log_prob(x, _t(1e-5, 8)) / (4 * math.log(2)) + math.log2(17 / 2)).mean()
     assert out["ode_bpd"]["mean"] == pytest.approx(float(expected), abs=5e-3)
+
+
+@settings(max_examples=4, deadline=None)
+@given(t_end=st.sampled_from([0.05, 0.3, 1.0]), seed=st.integers(0, 10_000))
+def test_likelihood_hook_closed_by_the_models_own_density(t_end, seed):
+    """ode_terminal = 'model': the ODE from eps to t_end closed by the model's own log p(. | t_end)
+    is exact for a consistent model (Gaussian data) at every t_end. Catches closing with the prior
+    at t_end < T (off by KL-sized amounts at 0.05 and 0.3), integrating to T while closing at t_end,
+    and a closure evaluated at the wrong time."""
+    from hybrids.data import ArrayDataset
+    from hybrids.hooks import score_likelihood_eval
+
+    sde = VPSDE()
+    model = GaussianDataModel(MEAN, VAR, sde)
+    x = model.sample(6, 0.0, generator=torch.Generator().manual_seed(seed))
+    out = score_likelihood_eval(model, ArrayDataset("toy", x, None, None), device=torch.device("cpu"),
+                                generator=torch.Generator().manual_seed(1), num_examples=6, bound=False,
+                                divergence="exact", rtol=1e-7, atol=1e-7, ode_terminal="model", ode_t_end=t_end)
+    exact_bpd = (-model.log_prob(x, _t(1e-5, 6)) / (3 * math.log(2))).mean()
+    assert out["ode_bpd"]["mean"] == pytest.approx(float(exact_bpd), abs=1e-4)
+    assert out["ode_terminal"] == "model" and out["ode_t_end"] == t_end
+
+
+def test_likelihood_hook_closure_errors():
+    """ode_t_end without the model closure, an unknown closure and a score-only model are refused."""
+    from hybrids.data import ArrayDataset
+    from hybrids.hooks import score_likelihood_eval
+
+    sde = VPSDE()
+    model = GaussianDataModel(MEAN, VAR, sde)
+    data = ArrayDataset("toy", model.sample(2, 0.0, generator=torch.Generator().manual_seed(0)), None, None)
+    kw = dict(device=torch.device("cpu"), generator=torch.Generator().manual_seed(1), num_examples=2, bound=False)
+    with pytest.raises(ValueError, match="needs ode_terminal = 'model'"):
+        score_likelihood_eval(model, data, ode_t_end=0.1, **kw)
+    with pytest.raises(ValueError, match="'prior' or 'model'"):
+        score_likelihood_eval(model, data, ode_terminal="own", **kw)
+    with pytest.raises(ValueError, match="ode_t_end must lie in"):
+        score_likelihood_eval(model, data, ode_terminal="model", ode_t_end=2.0, **kw)
+
+    class ScoreOnly(torch.nn.Module):
+        sde = VPSDE()
+
+        def score(self, x, t, **_):
+            return -x
+
+    with pytest.raises(TypeError, match="needs a density model"):
+        score_likelihood_eval(ScoreOnly(), data, ode_terminal="model", **kw)
 
 
 def test_vardeq_hook_runs_on_digits_with_an_analytic_model():

@@ -127,9 +127,17 @@ def score_likelihood_eval(
     eps_correction_bound: bool = True,
     eps_correction_ode: bool = False,
     importance_sampling: bool = True,
+    ode_terminal: str = "prior",
+    ode_t_end: float | None = None,
     sde: SDE | None = None,
 ) -> dict[str, Any]:
     """Likelihoods of any model with a score: probability-flow ODE NLL and the DSM bound, in bpd.
+
+    The ODE NLL is -log p_eps(x) = -[log pi(x_T) + int_eps^T div F(x_t, t) dt] with the SDE's prior
+    pi (``ode_terminal='prior'``). A noise-conditional density model trained only up to some
+    t_end < T (NCML: T_ncml) has an untrained score above it; ``ode_terminal='model'`` integrates to
+    t_end and closes with the model's own density instead,
+    -[log p_theta(x_t_end | t_end) + int_eps^t_end div F dt] (the closure consistency_eval uses).
 
     Args:
         model: a model with ``score`` (a score model, or a density model through its autograd
@@ -144,6 +152,10 @@ def score_likelihood_eval(
         eps_correction_bound, eps_correction_ode: use the eps-corrected forms (ScoreFlow applies
             the correction to the bound only).
         importance_sampling: importance-sample the bound's time integral.
+        ode_terminal: what closes the ODE: ``'prior'`` (the SDE's prior at T) or ``'model'`` (the
+            model's own ``log_prob(x, t_end)``; density models only).
+        ode_t_end: end time of the ODE for ``'model'`` (None: the SDE's T_ncml,
+            ``hybrids.objectives.ncml.default_t_max``); must be None for ``'prior'``.
         sde: overrides ``model.sde``.
 
     Returns:
@@ -152,6 +164,7 @@ def score_likelihood_eval(
         'num_examples', ...}``.
     """
     sde = sde_of(model, sde, binding="score_likelihood_eval.sde")
+    t_end, terminal = _ode_closure(model, sde, ode_terminal, ode_t_end)
     num_levels = data.num_levels
     x_all = model_space_examples(model, data, num_examples, generator)
     num_dims = x_all[0].numel()
@@ -165,7 +178,8 @@ def score_likelihood_eval(
             bounds.append(_to_units(nll, num_dims, num_levels).cpu())
         if ode:
             res = ode_log_prob(model, sde, x, divergence=divergence, eps=eps, rtol=rtol, atol=atol,
-                               generator=generator, eps_correction=eps_correction_ode)
+                               generator=generator, eps_correction=eps_correction_ode, t_end=t_end,
+                               terminal_log_prob=terminal)
             odes.append(_to_units(-res.log_prob, num_dims, num_levels).cpu())
             nfes.append(res.nfe)
     units = ("bits/dim of the pixels, uniform dequantization, +log2(K/2) offset for [-1, 1] data"
@@ -179,9 +193,32 @@ def score_likelihood_eval(
         out["ode_bpd"] = mean_ci(torch.cat(odes))
         out["ode_nfe_mean"] = float(sum(nfes) / len(nfes))
         out["divergence"] = divergence
+        out["ode_terminal"], out["ode_t_end"] = ode_terminal, sde.T if t_end is None else t_end
     if bound and ode:  # paired over the same examples: tests NLL_ODE <= bound per example
         out["bound_minus_ode_bpd"] = mean_ci(torch.cat(bounds) - torch.cat(odes))
     return out
+
+
+def _ode_closure(model: nn.Module, sde: SDE, terminal: str, t_end: float | None):
+    """``(t_end, terminal_log_prob)`` for ``ode_log_prob``: the prior at T, or the model's density at t_end."""
+    if terminal == "prior":
+        if t_end is not None:
+            raise ValueError(f"score_likelihood_eval.ode_t_end = {t_end} needs ode_terminal = 'model' (the prior "
+                             "closes the ODE at T only); unbind ode_t_end or bind ode_terminal = 'model'.")
+        return None, None
+    if terminal != "model":
+        raise ValueError(f"score_likelihood_eval.ode_terminal must be 'prior' or 'model'; got {terminal!r}.")
+    if not callable(getattr(model, "log_prob", None)):
+        raise TypeError(f"score_likelihood_eval.ode_terminal = 'model' needs a density model with log_prob(x, t); "
+                        f"{type(model).__name__} has none. Use ode_terminal = 'prior'.")
+    t_end = default_t_max(sde) if t_end is None else float(t_end)
+    if not 0.0 < t_end <= sde.T:
+        raise ValueError(f"score_likelihood_eval.ode_t_end must lie in (0, T = {sde.T}]; got {t_end}.")
+
+    def terminal_log_prob(z: Tensor) -> Tensor:
+        return model.log_prob(z, torch.full((z.shape[0],), t_end, dtype=z.dtype, device=z.device))
+
+    return t_end, terminal_log_prob
 
 
 @evaluator
