@@ -36,3 +36,31 @@ def test_bad_key_and_continuous_data_fail_clearly():
     toy = load_dataset("moons", "test", num_examples=10)
     with pytest.raises(ValueError, match="integer levels"):
         sample_fd_eval(None, toy, device=CPU, generator=torch.Generator(), sampler=_real)
+
+
+class _Net(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+def test_network_passes_per_sample_counts_rows_through_forward():
+    """Three passes on the whole batch and one on half of it: 3.5 passes per sample; calls through
+    the model's layers (not forward) and calls after the sampler returned are not counted. Catches
+    counting calls instead of rows, and a hook left registered after the evaluation."""
+    data = load_dataset("digits", "test")
+    net = _Net()
+
+    def sampler(model, data, *, device, generator, num_samples):
+        x = torch.zeros(num_samples, 1)
+        for _ in range(3):
+            model(x)
+        model(x[: num_samples // 2])
+        model.forward.__func__  # attribute access is not a call
+        return _real(model, data, device=device, generator=generator, num_samples=num_samples)
+
+    out = sample_fd_eval(net, data, device=CPU, generator=torch.Generator().manual_seed(0), sampler=sampler,
+                         classifier_steps=5, num_quality_samples=40, kid=False, floor=False)
+    assert out["network_passes_per_sample"] == pytest.approx(3.5)
+    assert not net._forward_hooks  # removed
+    assert sample_fd_eval(None, data, device=CPU, generator=torch.Generator(), sampler=_real, classifier_steps=5,
+                          num_quality_samples=10, kid=False, floor=False)["network_passes_per_sample"] == 0

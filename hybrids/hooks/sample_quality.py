@@ -11,10 +11,14 @@ Beside FD it reports the kernel inception distance (``hybrids.metrics.kid``: unb
 different sample sizes are comparable; "KID-<dataset> classifier" outside Inception features) and
 the floor of both: the same metrics for as many held-out real images (from the other split) as
 samples, which is what a perfect sampler would score at that sample size.
+
+It also counts what the samples cost: ``network_passes_per_sample``, the rows that went through
+``model.forward`` while sampling divided by the number of samples (``count_network_passes``).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import gin
 import torch
@@ -24,6 +28,30 @@ from hybrids.data import ArrayDataset, load_dataset
 from hybrids.hooks.base import evaluator, hook_label
 from hybrids.metrics.fid import frechet_distance_to_dataset, load_inception, train_domain_classifier
 from hybrids.metrics.kid import kernel_inception_distance
+
+
+@contextmanager
+def count_network_passes(model: nn.Module | None) -> Iterator[list[int]]:
+    """Count the rows that go through ``model.forward`` inside the block: ``[rows]``, read after it.
+
+    A forward pass on a batch of B examples counts B; a score computed by autograd through the
+    model's density is one forward pass (plus its backward). Work that runs below ``forward`` -- the
+    per-pixel conditionals of a cached autoregressive draw, which call the layers directly -- is not
+    counted. ``model`` None (a sampler that needs no model) counts nothing.
+    """
+    count = [0]
+    if model is None:
+        yield count
+        return
+
+    def hook(_module: nn.Module, args: tuple, _output: Any) -> None:
+        count[0] += int(args[0].shape[0]) if args and isinstance(args[0], Tensor) and args[0].ndim else 1
+
+    handle = model.register_forward_hook(hook)
+    try:
+        yield count
+    finally:
+        handle.remove()
 
 
 @evaluator
@@ -63,12 +91,15 @@ def sample_fd_eval(
 
     Returns:
         ``{"fd": distance, "metric": "FID" or "FD-<dataset> classifier", "num_samples": N,
-        "sampler": "<hook key>:<output>"}``, with ``kid`` (``kernel_inception_distance``'s dict and
+        "sampler": "<hook key>:<output>", "network_passes_per_sample": rows through model.forward
+        while sampling / N (``count_network_passes``; a cached autoregressive draw adds its D
+        per-pixel conditionals on top)}``, with ``kid`` (``kernel_inception_distance``'s dict and
         its ``metric`` name) and ``floor`` (``{"fd", "kid", "num_samples", "split"}``) when asked.
     """
     if data.num_levels is None:
         raise ValueError(f"sample_fd_eval compares images; {data.name!r} has no integer levels.")
-    samples = sampler(model, data, device=device, generator=generator, num_samples=num_quality_samples)
+    with count_network_passes(model) as rows:
+        samples = sampler(model, data, device=device, generator=generator, num_samples=num_quality_samples)
     if key is None:
         key = next(iter(samples))
     if key not in samples:
@@ -81,7 +112,8 @@ def sample_fd_eval(
     ((metric, distance),) = frechet_distance_to_dataset(levels, data.num_levels, extractor, data.name, split,
                                                          data_dir=data.data_dir).items()
     out: dict[str, Any] = {"fd": distance, "metric": metric, "num_samples": int(levels.shape[0]),
-                           "sampler": f"{hook_label(sampler)}:{key}"}
+                           "sampler": f"{hook_label(sampler)}:{key}",
+                           "network_passes_per_sample": rows[0] / int(levels.shape[0])}
     if not (kid or floor):
         return out
     kid_metric = metric.replace("FID", "KID").replace("FD-", "KID-")
