@@ -142,7 +142,10 @@ def seed_cell(cell_dir: Path, checkpoint: Path) -> None:
 def write_summary(workdir: Path, grid: dict[str, list], rows: list[dict[str, Any]]) -> None:
     """Write ``summary.csv`` and ``summary.md`` (one row per cell)."""
     result_keys = sorted({k for row in rows for k in row["results"]})
-    header = ["cell", *grid, "status", "error", *result_keys]
+    # A result may share its name with a grid key (sample_fd_eval.sampler is both the binding and
+    # the hook it reports): its column gets a suffix, so that no two columns share a header.
+    result_columns = [f"{k} (result)" if k in grid or k in ("cell", "status", "error") else k for k in result_keys]
+    header = ["cell", *grid, "status", "error", *result_columns]
     table = [[row["cell"], *(to_gin_literal(row["bindings"][k]) for k in grid), row["status"],
               row["error"], *(row["results"].get(k, "") for k in result_keys)] for row in rows]
     buf = io.StringIO()

@@ -10,7 +10,9 @@ From the rows' workdirs (``metrics.jsonl``, ``results.json``, ``samples/*.png``)
 * ``condition_number.png``: kappa against M on log-log axes, along the universality class and at
   the fixed sigma (rows with ``conditioning_eval`` results; rows with the same curve share a line);
 * ``sweep.png`` (grids only): chosen scalar results against the value of a one-key numeric grid,
-  one panel per result key.
+  one panel per result key;
+* ``write_quality_cost_plot``: sample quality against network passes per sample for several
+  sampler grids (one ``experiments.ablate`` workdir per model), one series per model.
 
 A picture without data is not written. Files are written atomically and drawn with matplotlib's
 Agg backend, so no display is needed.
@@ -127,6 +129,63 @@ def _sweep(cells: list[dict[str, Any]], keys: list[str]) -> Figure:
         ax.set_xlabel(name)
         ax.set_title(key, fontsize="small")
     return fig
+
+
+def write_quality_cost_plot(grids: list[tuple[str, Path]], path: Path,
+                            quality_key: str = "sample_fd_eval.fd",
+                            cost_key: str = "sample_fd_eval.network_passes_per_sample",
+                            floor_key: str | None = "sample_fd_eval.floor.fd") -> Path | None:
+    """Sample quality against cost: one series per model, one labelled point per sampler cell.
+
+    Args:
+        grids: ``(model label, ablate workdir)``; each workdir's ``summary.csv`` has one row per
+            cell, with the cell's sampler binding and the flattened results.
+        path: the PNG to write.
+        quality_key, cost_key: flattened result keys of the y and x axes (x on a log scale).
+        floor_key: a result key drawn as a dashed line (the real-data floor), or None.
+
+    Returns:
+        ``path``, or None when no cell has both values.
+    """
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    fig = _figure(7.5, 4.8)
+    ax = fig.add_subplot(1, 1, 1)
+    floors, drawn = [], False
+    for label, workdir in grids:
+        summary = Path(workdir) / "summary.csv"
+        if not summary.exists():
+            continue
+        with summary.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("status") == "done"]
+        points = [(x, y, _cell_sampler(r)) for r in rows
+                  if (x := _finite(r.get(cost_key))) is not None and (y := _finite(r.get(quality_key))) is not None]
+        floors += [v for r in rows if floor_key and (v := _finite(r.get(floor_key))) is not None]
+        if not points:
+            continue
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", linestyle=":", label=label)
+        for x, y, name in points:
+            ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        drawn = True
+    if not drawn:
+        return None
+    if floors:
+        ax.axhline(float(np.mean(floors)), color="grey", linestyle="--", linewidth=0.8, label="real-data floor")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel(f"{cost_key} (cached autoregressive draws add their pixel conditionals)")
+    ax.set_ylabel(quality_key)
+    ax.legend(fontsize="small")
+    return atomic_write(Path(path), lambda f: fig.savefig(f, format="png", dpi=110))
+
+
+def _cell_sampler(row: dict[str, str]) -> str:
+    """A summary row's sampler binding (``@h05/hybrid_sampler`` -> ``h05/hybrid``), else its cell name."""
+    value = row.get("sample_fd_eval.sampler", "")
+    return (value if value.startswith("@") else row.get("cell", "?")).lstrip("@").replace("_sampler", "")
 
 
 def append_picture_links(markdown: Path, pictures: list[Path]) -> None:

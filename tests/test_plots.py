@@ -123,3 +123,39 @@ def test_pi_robustness_of_seeded_rows_is_the_mean_over_trainings(tmp_path):
     ax = _pi_robustness([("row", row)]).axes[0]
     assert list(ax.lines[0].get_ydata()) == pytest.approx([2.2, 3.2])  # the mean over the 3 trainings
     assert "3 trainings" in ax.get_legend().get_texts()[0].get_text()
+
+
+def _fake_sampler_grid(workdir: Path, cells: list[tuple[str, float, float]]) -> None:
+    """An ablate summary over sample_fd_eval.sampler (the grid key is also a result key)."""
+    from experiments.ablate import write_summary
+
+    workdir.mkdir(parents=True)
+    grid = {"sample_fd_eval.sampler": [c[0] for c in cells]}
+    rows = [{"cell": f"{i:03d}_x", "bindings": {"sample_fd_eval.sampler": s}, "status": "done", "error": "",
+             "results": {"sample_fd_eval.fd": fd, "sample_fd_eval.network_passes_per_sample": passes,
+                         "sample_fd_eval.floor.fd": 5.4, "sample_fd_eval.sampler": s.lstrip("@") + ":samples"}}
+            for i, (s, passes, fd) in enumerate(cells)]
+    write_summary(workdir, grid, rows)
+
+
+def test_quality_cost_plot_of_sampler_grids(tmp_path):
+    """FD against network passes for two models' sampler grids. The summary keeps the grid's binding
+    and the result of the same name in two columns (a shared header made csv readers keep one of
+    them), and the plot labels points by the binding."""
+    import csv
+
+    from experiments.plots import _cell_sampler, write_quality_cost_plot
+
+    _fake_sampler_grid(tmp_path / "a", [("@ancestral_sampler", 1.0, 300.0), ("@h05/hybrid_sampler", 6.0, 150.0)])
+    _fake_sampler_grid(tmp_path / "b", [("@pc_sampler", 100.0, 50.0), ("@ode_sampler", 80.0, 70.0)])
+    with (tmp_path / "a" / "summary.csv").open(newline="") as f:
+        header = next(csv.reader(f))
+    assert len(header) == len(set(header)) and "sample_fd_eval.sampler (result)" in header
+    with (tmp_path / "a" / "summary.csv").open(newline="") as f:
+        labels = [_cell_sampler(r) for r in csv.DictReader(f)]
+    assert labels == ["ancestral", "h05/hybrid"]
+    out = write_quality_cost_plot([("A", tmp_path / "a"), ("B", tmp_path / "b")], tmp_path / "q.png")
+    assert out == tmp_path / "q.png"
+    _assert_png(out)
+    assert write_quality_cost_plot([("none", tmp_path / "missing")], tmp_path / "n.png") is None
+    assert not (tmp_path / "n.png").exists()
