@@ -64,3 +64,41 @@ def test_network_passes_per_sample_counts_rows_through_forward():
     assert not net._forward_hooks  # removed
     assert sample_fd_eval(None, data, device=CPU, generator=torch.Generator(), sampler=_real, classifier_steps=5,
                           num_quality_samples=10, kid=False, floor=False)["network_passes_per_sample"] == 0
+
+
+class _ScoreThroughNet(torch.nn.Module):
+    """A score model whose score calls its layers directly (like hybrids' ScoreModel)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Identity()
+
+    def score(self, x, t=None):
+        return -self.net(x)
+
+
+class _ScoreThroughForward(_Net):
+    """A density model whose score runs its own forward (like NCPN's autograd score)."""
+
+    def score(self, x, t=None):
+        return -self(x)
+
+
+@pytest.mark.parametrize("cls", [_ScoreThroughNet, _ScoreThroughForward])
+def test_network_passes_count_score_calls_once(cls):
+    """Two score calls on the whole batch: 2 passes per sample, whether the score runs the model's
+    forward (counted once, not twice) or only its layers (counted through score). Catches counting
+    forward only (0 for score models) and counting nested calls twice (4). The model's own score
+    method is back in place afterwards."""
+    data = load_dataset("digits", "test")
+    model = cls()
+
+    def sampler(model, data, *, device, generator, num_samples):
+        x = torch.zeros(num_samples, 1)
+        model.score(model.score(x, None), None)
+        return _real(model, data, device=device, generator=generator, num_samples=num_samples)
+
+    out = sample_fd_eval(model, data, device=CPU, generator=torch.Generator().manual_seed(0), sampler=sampler,
+                         classifier_steps=5, num_quality_samples=20, kid=False, floor=False)
+    assert out["network_passes_per_sample"] == pytest.approx(2.0)
+    assert "score" not in vars(model) and not model._forward_hooks and not model._forward_pre_hooks

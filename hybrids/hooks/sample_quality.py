@@ -13,7 +13,8 @@ the floor of both: the same metrics for as many held-out real images (from the o
 samples, which is what a perfect sampler would score at that sample size.
 
 It also counts what the samples cost: ``network_passes_per_sample``, the rows that went through
-``model.forward`` while sampling divided by the number of samples (``count_network_passes``).
+the model's ``forward`` or ``score`` while sampling divided by the number of samples
+(``count_network_passes``).
 """
 from __future__ import annotations
 
@@ -32,26 +33,55 @@ from hybrids.metrics.kid import kernel_inception_distance
 
 @contextmanager
 def count_network_passes(model: nn.Module | None) -> Iterator[list[int]]:
-    """Count the rows that go through ``model.forward`` inside the block: ``[rows]``, read after it.
+    """Count the rows that go through the model inside the block: ``[rows]``, read after it.
 
-    A forward pass on a batch of B examples counts B; a score computed by autograd through the
-    model's density is one forward pass (plus its backward). Work that runs below ``forward`` -- the
-    per-pixel conditionals of a cached autoregressive draw, which call the layers directly -- is not
-    counted. ``model`` None (a sampler that needs no model) counts nothing.
+    A call of ``model.forward`` or ``model.score`` on a batch of B examples counts B, once: calls
+    made inside a counted call (NCPN's autograd score runs its forward; a score model's forward is
+    its score) are not counted again. A score computed by autograd through a density is one pass
+    (plus its backward). Work that runs below both -- the per-pixel conditionals of a cached
+    autoregressive draw, which call the layers directly -- is not counted. ``model`` None (a sampler
+    that needs no model) counts nothing.
     """
     count = [0]
     if model is None:
         yield count
         return
+    depth = [0]
 
-    def hook(_module: nn.Module, args: tuple, _output: Any) -> None:
-        count[0] += int(args[0].shape[0]) if args and isinstance(args[0], Tensor) and args[0].ndim else 1
+    def rows_of(args: tuple) -> int:
+        return int(args[0].shape[0]) if args and isinstance(args[0], Tensor) and args[0].ndim else 1
 
-    handle = model.register_forward_hook(hook)
+    def enter(args: tuple) -> None:
+        if depth[0] == 0:
+            count[0] += rows_of(args)
+        depth[0] += 1
+
+    def exit_() -> None:
+        depth[0] -= 1
+
+    pre = model.register_forward_pre_hook(lambda _m, args: enter(args))
+    post = model.register_forward_hook(lambda _m, _args, _out: exit_(), always_call=True)
+    had_score = "score" in vars(model)
+    score = getattr(model, "score", None)
+    if callable(score):
+        def counted_score(*args, **kwargs):
+            enter(args)
+            try:
+                return score(*args, **kwargs)
+            finally:
+                exit_()
+
+        model.score = counted_score
     try:
         yield count
     finally:
-        handle.remove()
+        pre.remove()
+        post.remove()
+        if callable(score):
+            if had_score:
+                model.score = score
+            else:
+                del model.score
 
 
 @evaluator
@@ -91,9 +121,9 @@ def sample_fd_eval(
 
     Returns:
         ``{"fd": distance, "metric": "FID" or "FD-<dataset> classifier", "num_samples": N,
-        "sampler": "<hook key>:<output>", "network_passes_per_sample": rows through model.forward
-        while sampling / N (``count_network_passes``; a cached autoregressive draw adds its D
-        per-pixel conditionals on top)}``, with ``kid`` (``kernel_inception_distance``'s dict and
+        "sampler": "<hook key>:<output>", "network_passes_per_sample": rows through the model's
+        forward or score while sampling / N (``count_network_passes``; a cached autoregressive draw
+        adds its D per-pixel conditionals on top)}``, with ``kid`` (``kernel_inception_distance``'s dict and
         its ``metric`` name) and ``floor`` (``{"fd", "kid", "num_samples", "split"}``) when asked.
     """
     if data.num_levels is None:
