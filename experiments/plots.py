@@ -141,7 +141,8 @@ def write_quality_cost_plot(grids: list[tuple[str, Path]], path: Path,
         grids: ``(model label, ablate workdir)``; each workdir's ``summary.csv`` has one row per
             cell, with the cell's sampler binding and the flattened results.
         path: the PNG to write.
-        quality_key, cost_key: flattened result keys of the y and x axes (x on a log scale).
+        quality_key, cost_key: flattened result keys of the y (log scale) and x axes (x linear
+            up to 1, logarithmic above). Cells that ablate skipped as done earlier count.
         floor_key: a result key drawn as a dashed line (the real-data floor), or None.
 
     Returns:
@@ -160,7 +161,7 @@ def write_quality_cost_plot(grids: list[tuple[str, Path]], path: Path,
         if not summary.exists():
             continue
         with summary.open(newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("status") == "done"]
+            rows = [r for r in csv.DictReader(f) if r.get("status") in ("done", "skipped")]  # skipped: done earlier
         points = [(x, y, _cell_sampler(r)) for r in rows
                   if (x := _finite(r.get(cost_key))) is not None and (y := _finite(r.get(quality_key))) is not None]
         floors += [v for r in rows if floor_key and (v := _finite(r.get(floor_key))) is not None]
@@ -176,6 +177,8 @@ def write_quality_cost_plot(grids: list[tuple[str, Path]], path: Path,
     if floors:
         ax.axhline(float(np.mean(floors)), color="grey", linestyle="--", linewidth=0.8, label="real-data floor")
     ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlim(left=0.0)
+    ax.set_yscale("log")
     ax.set_xlabel(f"{cost_key} (cached autoregressive draws add their pixel conditionals)")
     ax.set_ylabel(quality_key)
     ax.legend(fontsize="small")

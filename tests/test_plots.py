@@ -125,13 +125,13 @@ def test_pi_robustness_of_seeded_rows_is_the_mean_over_trainings(tmp_path):
     assert "3 trainings" in ax.get_legend().get_texts()[0].get_text()
 
 
-def _fake_sampler_grid(workdir: Path, cells: list[tuple[str, float, float]]) -> None:
+def _fake_sampler_grid(workdir: Path, cells: list[tuple[str, float, float]], status: str = "done") -> None:
     """An ablate summary over sample_fd_eval.sampler (the grid key is also a result key)."""
     from experiments.ablate import write_summary
 
     workdir.mkdir(parents=True)
     grid = {"sample_fd_eval.sampler": [c[0] for c in cells]}
-    rows = [{"cell": f"{i:03d}_x", "bindings": {"sample_fd_eval.sampler": s}, "status": "done", "error": "",
+    rows = [{"cell": f"{i:03d}_x", "bindings": {"sample_fd_eval.sampler": s}, "status": status, "error": "",
              "results": {"sample_fd_eval.fd": fd, "sample_fd_eval.network_passes_per_sample": passes,
                          "sample_fd_eval.floor.fd": 5.4, "sample_fd_eval.sampler": s.lstrip("@") + ":samples"}}
             for i, (s, passes, fd) in enumerate(cells)]
@@ -148,6 +148,7 @@ def test_quality_cost_plot_of_sampler_grids(tmp_path):
 
     _fake_sampler_grid(tmp_path / "a", [("@ancestral_sampler", 1.0, 300.0), ("@h05/hybrid_sampler", 6.0, 150.0)])
     _fake_sampler_grid(tmp_path / "b", [("@pc_sampler", 100.0, 50.0), ("@ode_sampler", 80.0, 70.0)])
+    _fake_sampler_grid(tmp_path / "c", [("@pc_sampler", 100.0, 50.0)], status="skipped")  # resumed grid
     with (tmp_path / "a" / "summary.csv").open(newline="") as f:
         header = next(csv.reader(f))
     assert len(header) == len(set(header)) and "sample_fd_eval.sampler (result)" in header
@@ -158,4 +159,6 @@ def test_quality_cost_plot_of_sampler_grids(tmp_path):
     assert out == tmp_path / "q.png"
     _assert_png(out)
     assert write_quality_cost_plot([("none", tmp_path / "missing")], tmp_path / "n.png") is None
+    # a grid whose cells a resumed ablate skipped (status 'skipped', results kept) is drawn too
+    assert write_quality_cost_plot([("C", tmp_path / "c")], tmp_path / "c.png") == tmp_path / "c.png"
     assert not (tmp_path / "n.png").exists()
