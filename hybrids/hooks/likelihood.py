@@ -215,10 +215,16 @@ def _ode_closure(model: nn.Module, sde: SDE, terminal: str, t_end: float | None)
     if not 0.0 < t_end <= sde.T:
         raise ValueError(f"score_likelihood_eval.ode_t_end must lie in (0, T = {sde.T}]; got {t_end}.")
 
-    def terminal_log_prob(z: Tensor) -> Tensor:
-        return model.log_prob(z, torch.full((z.shape[0],), t_end, dtype=z.dtype, device=z.device))
+    return t_end, own_density_at(model, t_end)
 
-    return t_end, terminal_log_prob
+
+def own_density_at(model: nn.Module, t: float):
+    """``z [B, ...] -> log p_theta(z | t) [B]``: the model's own density at level ``t`` (an ODE closure)."""
+
+    def log_prob(z: Tensor) -> Tensor:
+        return model.log_prob(z, torch.full((z.shape[0],), t, dtype=z.dtype, device=z.device))
+
+    return log_prob
 
 
 @evaluator
@@ -289,7 +295,7 @@ def consistency_eval(
         with torch.no_grad():
             own = model.log_prob(x, level(t0, x))
             res = ode_log_prob(model, sde, x, divergence=divergence, eps=t0, t_end=t1, rtol=rtol, atol=atol,
-                               generator=generator, terminal_log_prob=lambda z: model.log_prob(z, level(t1, z)))
+                               generator=generator, terminal_log_prob=own_density_at(model, t1))
         gaps.append(nats_to_bpd(own - res.log_prob, num_dims).double().cpu())
         owns.append(nats_to_bpd(-own, num_dims).double().cpu())
         odes.append(nats_to_bpd(-res.log_prob, num_dims).double().cpu())
