@@ -3,9 +3,10 @@
 The baseline is score_sde's likelihood code (Song et al., ICLR 2021) as it computes it: scipy
 ``solve_ivp`` RK45 on the flattened numpy state [x, log-density] with one Rademacher probe fixed
 for the solve. hybrids' ``ode_log_prob`` runs the same Dormand-Prince 5(4) pair through
-torchdiffeq with its error norm ``'rms'`` (default: one RMS norm over the whole state, as scipy)
-and ``'mixed'`` (the earlier default: the largest per-tensor RMS). All three see the same score,
-the same probe, the same start time eps = 1e-5 and the same rtol = atol.
+torchdiffeq, stepping in t (the default) or in the angle phi = arctan(sigma_t / m_t)
+(``time_variable='angle'``), each with the error norm ``'mixed'`` (the default: the largest
+per-tensor RMS) and ``'rms'`` (one RMS norm over the whole state, as scipy). All see the same
+score, the same probe, the same start time eps = 1e-5 and the same rtol = atol.
 
 Cases (VP SDE):
 
@@ -15,15 +16,17 @@ Cases (VP SDE):
   form, and the one-probe Hutchinson divergence of a diagonal Jacobian is exact: the error is the
   solver's alone.
 * ``unet``: a compact digits U-Net trained ``--train_steps`` DSM updates (likelihood weighting +
-  importance sampling), batch of 8 dequantized test digits. Reference: the same probe, solved at
-  rtol = atol = 1e-9 (``'rms'``), so the error is again the solver's.
+  importance sampling), batch of 8 dequantized test digits. Reference: the same probe, solved in
+  t at rtol = atol = 1e-9, so the error is again the solver's; the same solve in the angle variable
+  is reported beside it (``reference_t_minus_angle_nats_per_dim``) as a check of the reference.
 
 Errors are mean |log p - reference| over the batch in nats per dimension.
 
     OMP_NUM_THREADS=1 python -m benchmarks.ode_likelihood [--cases gaussian64,gaussian784,unet]
 
 ``--divergence_cost`` instead times the exact divergence (D backward passes per evaluation)
-against Hutchinson on the U-Net.
+against Hutchinson on the U-Net; ``--step_profile`` counts where score_sde's solve places its
+steps on the U-Net and how far the network's output is from smooth in t.
 """
 from __future__ import annotations
 
@@ -47,10 +50,17 @@ from hybrids.objectives.dsm import DSM
 from hybrids.sdes import SDE, VPSDE
 
 EPS = 1e-5
+# column name -> (time_variable, norm) of ode_log_prob
+HYBRIDS_VARIANTS = {"hybrids_t_mixed": ("t", "mixed"), "hybrids_t_rms": ("t", "rms"),
+                    "hybrids_angle_mixed": ("angle", "mixed"), "hybrids_angle_rms": ("angle", "rms")}
 
 
-def score_sde_log_prob(score_fn, sde: SDE, x: Tensor, probe: Tensor, tol: float) -> tuple[Tensor, int]:
-    """log p_eps(x) as score_sde computes it: scipy RK45 on the flattened [x, delta] state."""
+def score_sde_log_prob(score_fn, sde: SDE, x: Tensor, probe: Tensor, tol: float,
+                       accepted_times: bool = False) -> tuple:
+    """log p_eps(x) as score_sde computes it: scipy RK45 on the flattened [x, delta] state.
+
+    Returns ``(log_prob, nfe)``, and the solver's accepted step times if ``accepted_times``.
+    """
     shape, batch = x.shape, x.shape[0]
     nfe = 0
 
@@ -66,7 +76,8 @@ def score_sde_log_prob(score_fn, sde: SDE, x: Tensor, probe: Tensor, tol: float)
     start = np.concatenate([x.detach().numpy().ravel(), np.zeros(batch)])
     solution = integrate.solve_ivp(rhs, (EPS, sde.T), start, rtol=tol, atol=tol, method="RK45")
     end = torch.from_numpy(solution.y[:, -1]).to(x.dtype)
-    return sde.prior_log_prob(end[:-batch].reshape(shape)) + end[-batch:], nfe
+    log_prob = sde.prior_log_prob(end[:-batch].reshape(shape)) + end[-batch:]
+    return (log_prob, nfe, solution.t) if accepted_times else (log_prob, nfe)
 
 
 def gaussian_case(dim: int, batch: int, sde: SDE) -> tuple[GaussianDataModel, Tensor, Tensor]:
@@ -106,22 +117,52 @@ def compare(score_fn, sde: SDE, x: Tensor, reference: Tensor, tols: list[float])
     out = {}
     for tol in tols:
         rows = {}
-        for name in ("score_sde_scipy_rk45", "hybrids_rms", "hybrids_mixed"):
+        for name in ("score_sde_scipy_rk45", *HYBRIDS_VARIANTS):
             start = time.perf_counter()
             if name == "score_sde_scipy_rk45":
                 log_prob, nfe = score_sde_log_prob(score_fn, sde, x, probe, tol)
             else:
-                res = ode_log_prob(score_fn, sde, x, eps=EPS, rtol=tol, atol=tol, norm=name.split("_")[1],
-                                   generator=torch.Generator().manual_seed(1))
+                time_variable, norm = HYBRIDS_VARIANTS[name]
+                res = ode_log_prob(score_fn, sde, x, eps=EPS, rtol=tol, atol=tol, norm=norm,
+                                   time_variable=time_variable, generator=torch.Generator().manual_seed(1))
                 log_prob, nfe = res.log_prob, res.nfe
             rows[name] = {"nfe": nfe, "seconds": time.perf_counter() - start,
                           "error_nats_per_dim": float((log_prob - reference).abs().mean() / dim)}
         base = rows["score_sde_scipy_rk45"]
-        for name in ("hybrids_rms", "hybrids_mixed"):
+        for name in HYBRIDS_VARIANTS:
             rows[name]["nfe_ratio"] = rows[name]["nfe"] / base["nfe"]
             rows[name]["error_ratio"] = rows[name]["error_nats_per_dim"] / base["error_nats_per_dim"]
         out[f"tol={tol:g}"] = rows
         print(json.dumps({f"tol={tol:g}": rows}), flush=True)
+    return out
+
+
+def step_profile(model: ScoreModel, sde: SDE, x: Tensor, tols: list[float]) -> dict:
+    """Where score_sde's RK45 solve on the U-Net places its steps, and how rough the network is in t.
+
+    Roughness: at t0 in {0.01, 0.1, 0.5}, the network output of one noisy digit on 201 times in
+    [t0 - 0.005, t0 + 0.005], minus its least-squares quadratic in t: the RMS residual relative to
+    the output's RMS (0 for an output smooth on that scale).
+    """
+    probe = make_probe(x, "rademacher", torch.Generator().manual_seed(1))
+    edges = [0.0, 1e-3, 1e-2, 0.1, 0.3, 1.0 + 1e-9]
+    out: dict = {"bin_edges": edges[:-1] + [1.0]}
+    for tol in tols:
+        times = score_sde_log_prob(model.score, sde, x, probe, tol, accepted_times=True)[2]
+        out[f"tol={tol:g}"] = {"steps": len(times) - 1,
+                               "steps_per_bin": np.histogram(times[1:], bins=edges)[0].tolist()}
+    g = torch.Generator().manual_seed(3)
+    roughness = {}
+    for t0 in (0.01, 0.1, 0.5):
+        coefs = sde.marginal_coefs(torch.tensor([t0], dtype=x.dtype))
+        xt = coefs.mean_coef * x[:1] + coefs.std * torch.randn(x[:1].shape, generator=g, dtype=x.dtype)
+        ts = t0 + torch.linspace(-0.005, 0.005, 201, dtype=x.dtype)
+        with torch.no_grad():
+            outputs = torch.stack([model(xt, t.reshape(1))[0].flatten() for t in ts])
+        basis = torch.stack([torch.ones_like(ts), ts - t0, (ts - t0) ** 2], 1)
+        residual = outputs - basis @ torch.linalg.lstsq(basis, outputs).solution
+        roughness[f"t0={t0:g}"] = float(residual.pow(2).mean().sqrt() / outputs.pow(2).mean().sqrt())
+    out["relative_residual_of_quadratic_fit"] = roughness
     return out
 
 
@@ -148,6 +189,8 @@ def main() -> None:
     parser.add_argument("--train_steps", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=8, help="U-Net case")
     parser.add_argument("--divergence_cost", action="store_true")
+    parser.add_argument("--step_profile", action="store_true",
+                        help="where score_sde's solve steps on the U-Net, and the network's roughness in t")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -155,6 +198,13 @@ def main() -> None:
     tols = [float(t) for t in args.tols.split(",")]
     results = {"setup": {"eps": EPS, "threads": torch.get_num_threads(), "train_steps": args.train_steps,
                          "sde": repr(sde)}}
+    if args.step_profile:
+        model = trained_unet(sde, args.train_steps, args.seed).double()
+        test = load_dataset("digits", "test")
+        x = dequantize(test.data[: args.batch_size], test.num_levels, torch.Generator().manual_seed(args.seed)).double()
+        results["step_profile"] = step_profile(model, sde, x, tols)
+        print(json.dumps(results, indent=1))
+        return
     if args.divergence_cost:
         model = trained_unet(sde, args.train_steps, args.seed)
         results["divergence_cost"] = divergence_cost(model, sde, args.batch_size, tols[0], args.seed)
@@ -170,10 +220,15 @@ def main() -> None:
             test = load_dataset("digits", "test")
             x = dequantize(test.data[: args.batch_size], test.num_levels,
                            torch.Generator().manual_seed(args.seed)).double()
-            probe_gen = torch.Generator().manual_seed(1)
-            with torch.no_grad():
-                reference = ode_log_prob(model, sde, x, eps=EPS, rtol=1e-9, atol=1e-9, generator=probe_gen).log_prob
-            results[case] = compare(model.score, sde, x, reference, tols)
+            references = {}
+            for time_variable in ("t", "angle"):
+                with torch.no_grad():
+                    references[time_variable] = ode_log_prob(model, sde, x, eps=EPS, rtol=1e-9, atol=1e-9,
+                                                             time_variable=time_variable,
+                                                             generator=torch.Generator().manual_seed(1)).log_prob
+            results[case] = compare(model.score, sde, x, references["t"], tols)
+            results[case]["reference_t_minus_angle_nats_per_dim"] = float(
+                (references["t"] - references["angle"]).abs().mean() / x[0].numel())
         else:
             raise SystemExit(f"Unknown case {case!r}; choose from gaussian64, gaussian784, unet.")
     print(json.dumps(results, indent=1))

@@ -129,6 +129,31 @@ class SDE:
         """The time t at which the marginal std sigma(t) equals ``std`` (inverse of sigma)."""
         raise NotImplementedError
 
+    def t_for_noise_ratio(self, ratio: Tensor | float) -> Tensor:
+        """The time t at which sigma(t) / m(t) equals ``ratio`` (EDM's sigma of the scaled state
+        x / m(t)), ``[B]``.
+
+        This generic inverse bisects the increasing map t -> sigma(t) / m(t) on [0, T] (60 halvings:
+        exact to float64 rounding); the built-in SDEs override it with closed forms.
+
+        Raises:
+            ValueError: a ratio outside (sigma(0) / m(0), sigma(T) / m(T)] (up to rounding).
+        """
+        ratio = _as_time(ratio)
+        ends = self.marginal_coefs(torch.tensor([0.0, self.T], dtype=ratio.dtype))
+        low, high = (ends.std / ends.mean_coef).tolist()
+        slack = _time_tolerance(1.0, ratio.dtype)
+        if not bool(((ratio >= low * (1 - slack)) & (ratio <= high * (1 + slack))).all()):
+            raise ValueError(f"{type(self).__name__}: noise-to-signal ratios sigma(t)/m(t) of times in [0, T] lie "
+                             f"in [{low:.6g}, {high:.6g}]; got {ratio.min().item()}..{ratio.max().item()}.")
+        lo, hi = torch.zeros_like(ratio), torch.full_like(ratio, self.T)
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            coefs = self.marginal_coefs(mid)
+            below = coefs.std / coefs.mean_coef < ratio
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return 0.5 * (lo + hi)
+
     # --- derived -------------------------------------------------------------------------
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         """f(x, t) = a(t) x, shaped like ``x``."""
@@ -314,6 +339,10 @@ class VESDE(SDE):
             )
         return torch.log(std / self.sigma_min) / self._log_ratio
 
+    def t_for_noise_ratio(self, ratio: Tensor | float) -> Tensor:
+        """m(t) = 1, so sigma(t) / m(t) = sigma(t): :meth:`t_for_std`."""
+        return self.t_for_std(ratio)
+
     def discretize(self, x: Tensor, t: Tensor, dt: float) -> tuple[Tensor, Tensor]:
         """SMLD step: f_d = 0, G = sqrt(sigma(t)^2 - sigma(t - dt)^2), with sigma(t - dt) := 0
         when t - dt <= 0 (score_sde's VESDE.discretize with adjacent continuous times)."""
@@ -411,6 +440,13 @@ class VPSDE(_BetaSchedule):
         self._check_std_open_unit(std)
         return self._check_time_of_std(self.t_for_integral_beta(-torch.log1p(-(std**2))), std)
 
+    def t_for_noise_ratio(self, ratio: Tensor | float) -> Tensor:
+        """sigma^2 / m^2 = exp(B) - 1 = ratio^2: B = ln(1 + ratio^2), then invert B."""
+        ratio = _as_time(ratio)
+        if not bool((ratio > 0).all()):
+            raise ValueError(f"VPSDE: noise-to-signal ratios are positive; got {ratio.min().item()}.")
+        return self._check_time_of_std(self.t_for_integral_beta(torch.log1p(ratio**2)), ratio / torch.sqrt(1 + ratio**2))
+
 
 @gin.configurable(module="hybrids.sdes")
 class SubVPSDE(_BetaSchedule):
@@ -434,6 +470,14 @@ class SubVPSDE(_BetaSchedule):
         std = _as_time(std)
         self._check_std_open_unit(std)
         return self._check_time_of_std(self.t_for_integral_beta(-torch.log1p(-std)), std)
+
+    def t_for_noise_ratio(self, ratio: Tensor | float) -> Tensor:
+        """sigma / m = (1 - exp(-B)) / exp(-B/2) = 2 sinh(B/2) = ratio: B = 2 asinh(ratio / 2)."""
+        ratio = _as_time(ratio)
+        if not bool((ratio > 0).all()):
+            raise ValueError(f"SubVPSDE: noise-to-signal ratios are positive; got {ratio.min().item()}.")
+        b = 2 * torch.asinh(ratio / 2)
+        return self._check_time_of_std(self.t_for_integral_beta(b), -torch.expm1(-b))
 
 
 SDES = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}

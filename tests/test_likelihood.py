@@ -25,12 +25,17 @@ def _t(v, n):
     return torch.full((n,), v, dtype=F64)
 
 
+@pytest.mark.parametrize("time_variable", ["t", "angle"])
 @pytest.mark.parametrize("sde", SDES, ids=["ve", "vp", "subvp"])
-def test_exact_divergence_ode_matches_closed_form(sde):
+def test_exact_divergence_ode_matches_closed_form(sde, time_variable):
+    """The flow's end point and divergence integral give the exact log p_eps in both integration
+    variables. For ``'angle'`` it catches a wrong dt/dphi (5% off fails every SDE), the drift's
+    f(t) dt/dphi term dropped from d ln kappa/dphi, and an end point left in the scaled state
+    z = x cos(phi) / m (VE, subVP)."""
     model = GaussianDataModel(MEAN, VAR, sde)
     eps = 1e-5
     x = model.sample(4, eps, generator=torch.Generator().manual_seed(0))
-    res = ode_log_prob(model, sde, x, divergence="exact", eps=eps, rtol=1e-7, atol=1e-7)
+    res = ode_log_prob(model, sde, x, divergence="exact", eps=eps, rtol=1e-7, atol=1e-7, time_variable=time_variable)
     exact_eps = model.log_prob(x, _t(eps, 4))
     # The flow part: log p_eps(x) = log p_T(x_T) + int div F, with the exact p_T.
     torch.testing.assert_close(res.delta_log_prob + model.log_prob(res.z, _t(sde.T, 4)), exact_eps, rtol=1e-4, atol=1e-6)
@@ -120,12 +125,12 @@ class _LearnableGaussianScore(nn.Module):
         return -(x - m * self.mu) / (m**2 * self.var + s**2)
 
 
-@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
-def test_gradients_flow_to_parameters(divergence):
+@pytest.mark.parametrize("divergence,time_variable", [("exact", "t"), ("hutchinson", "t"), ("hutchinson", "angle")])
+def test_gradients_flow_to_parameters(divergence, time_variable):
     sde = VPSDE()
     net = _LearnableGaussianScore(sde, MEAN, VAR)
     x = GaussianDataModel(MEAN, VAR, sde).sample(3, 1e-5, generator=torch.Generator().manual_seed(0))
-    kw = dict(divergence=divergence, rtol=1e-8, atol=1e-8)
+    kw = dict(divergence=divergence, rtol=1e-8, atol=1e-8, time_variable=time_variable)
     res = ode_log_prob(net, sde, x, enable_grad=True, generator=torch.Generator().manual_seed(0), **kw)
     assert res.log_prob.requires_grad
     (grad,) = torch.autograd.grad(res.log_prob.sum(), net.mu)
@@ -368,6 +373,26 @@ def test_likelihood_hook_on_analytic_model():
     assert diff["mean"] > -4 * diff["se"]
 
 
+def test_likelihood_hook_passes_the_time_variable_to_the_solver():
+    """``ode_time_variable='angle'`` reaches ode_log_prob (fewer evaluations than in t at the same
+    tolerance, the same exact bpd) and is recorded. Catches a hook that drops the setting (equal
+    evaluation counts) or reports the wrong one."""
+    from hybrids.data import ArrayDataset
+    from hybrids.hooks import score_likelihood_eval
+
+    sde = VPSDE()
+    model = GaussianDataModel(MEAN, VAR, sde)
+    x = model.sample(8, 0.0, generator=torch.Generator().manual_seed(0))
+    data = ArrayDataset("toy", x, None, None)
+    outs = {tv: score_likelihood_eval(model, data, device=torch.device("cpu"), generator=torch.Generator().manual_seed(1),
+                                      num_examples=8, batch_size=8, bound=False, divergence="exact", rtol=1e-7,
+                                      atol=1e-7, ode_time_variable=tv) for tv in ("t", "angle")}
+    exact_bpd = float((-model.log_prob(x, _t(1e-5, 8)) / (3 * math.log(2))).mean())
+    for tv, out in outs.items():
+        assert out["ode_time_variable"] == tv and out["ode_bpd"]["mean"] == pytest.approx(exact_bpd, abs=2e-3)
+    assert outs["angle"]["ode_nfe_mean"] < outs["t"]["ode_nfe_mean"], {tv: o["ode_nfe_mean"] for tv, o in outs.items()}
+
+
 def test_likelihood_hook_bpd_offset_for_levels():
     """Integer data: bpd = nll / (D ln 2) + log2(K / 2)."""
     from hybrids.data import ArrayDataset
@@ -509,17 +534,19 @@ def test_bound_of_the_exact_score_is_unbiased_to_005_nats_per_dimension(sde):
     assert abs(float(gap.mean())) < 4 * se, (float(gap.mean()), se)
 
 
+@pytest.mark.parametrize("time_variable", ["t", "angle"])
 @pytest.mark.parametrize("sde", SDES, ids=["ve", "vp", "subvp"])
-def test_ode_closed_by_the_models_own_log_density_is_consistent_for_one_diffusion(sde):
+def test_ode_closed_by_the_models_own_log_density_is_consistent_for_one_diffusion(sde, time_variable):
     """log p_t0(x) = log p_t1(x_t1) + int_t0^t1 div F for the exact p_t of one diffusion: the
     score/likelihood consistency gap is zero within solver tolerance. Catches a terminal density
     that is ignored (the prior used instead: off by log pi - log p_t1, several nats here) or
-    evaluated at the wrong point (x instead of x_t1)."""
+    evaluated at the wrong point (x instead of x_t1), and in the angle variable an end angle of
+    T instead of t1."""
     model = GaussianDataModel(MEAN, VAR, sde)
     t0, t1 = 1e-3, 0.4
     x = model.sample(4, t0, generator=torch.Generator().manual_seed(0))
     res = ode_log_prob(model, sde, x, divergence="exact", eps=t0, t_end=t1, rtol=1e-8, atol=1e-8,
-                       terminal_log_prob=lambda z: model.log_prob(z, _t(t1, 4)))
+                       terminal_log_prob=lambda z: model.log_prob(z, _t(t1, 4)), time_variable=time_variable)
     torch.testing.assert_close(res.log_prob, model.log_prob(x, _t(t0, 4)), rtol=0, atol=1e-5)
     torch.testing.assert_close(res.prior_log_prob, model.log_prob(res.z, _t(t1, 4)))
 
@@ -551,6 +578,31 @@ def test_both_error_norms_reach_the_closed_form(norm):
                                model.log_prob(x, _t(eps, 4)), rtol=0, atol=3e-5)
     with pytest.raises(ValueError, match="Unknown error norm 'max'"):
         ode_log_prob(model, sde, x, norm="max")
+
+
+def test_angle_variable_is_more_accurate_than_t_on_spread_variances():
+    """Gaussian data with variances over 2.5 decades (the benchmark's case, D = 16), VP, one
+    Rademacher probe (exact for a diagonal Jacobian), rtol = atol = 1e-4: the solve in the angle
+    phi = arctan(sigma/m) lands closer to the closed-form answer than the solve in t, with no more
+    evaluations (measured: 2.4x closer with 50 instead of 56 evaluations). Catches an 'angle' option that silently integrates in
+    t (equal errors) or mis-scales the state (errors of order 1)."""
+    sde = VPSDE()
+    g = torch.Generator().manual_seed(0)
+    mean = torch.rand(16, generator=g, dtype=F64) - 0.5
+    var = torch.empty(16, dtype=F64).uniform_(math.log(1e-3), math.log(0.3), generator=g).exp()
+    model = GaussianDataModel(mean, var, sde)
+    eps = 1e-5
+    x = model.sample(8, 0.0, g)
+    m_eps, v_eps = model.marginal_params(_t(eps, 8), x)
+    m_T, v_T = model.marginal_params(_t(sde.T, 8), x)
+    exact = sde.prior_log_prob(m_T + (x - m_eps) * (v_T / v_eps).sqrt()) + 0.5 * torch.log(v_T / v_eps).sum(1)
+    runs = {tv: ode_log_prob(model, sde, x, eps=eps, rtol=1e-4, atol=1e-4, time_variable=tv,
+                             generator=torch.Generator().manual_seed(1)) for tv in ("t", "angle")}
+    errors = {tv: float((r.log_prob - exact).abs().mean()) for tv, r in runs.items()}
+    assert errors["angle"] < 0.5 * errors["t"] and errors["angle"] < 1e-2, errors
+    assert runs["angle"].nfe <= runs["t"].nfe, {tv: r.nfe for tv, r in runs.items()}
+    with pytest.raises(ValueError, match="Unknown time variable 'sigma'"):
+        ode_log_prob(model, sde, x, time_variable="sigma")
 
 
 class _InconsistentGaussian(GaussianDataModel):

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from scipy.integrate import solve_ivp
 
 from hybrids.models.analytic import GaussianDataModel
-from hybrids.sdes import SubVPSDE, VESDE, VPSDE, get_sde
+from hybrids.sdes import SDE, SubVPSDE, VESDE, VPSDE, get_sde
 
 ALL_SDES = [VESDE(), VPSDE(), SubVPSDE()]
 IDS = ["ve", "vp", "subvp"]
@@ -93,6 +93,30 @@ def test_t_for_std_round_trip(sde, t):
         return  # std -> 0 at t = 0 for VP/subVP: the inverse is exercised above 1e-4
     back = sde.t_for_std(std)
     assert back.item() == pytest.approx(t, abs=1e-9)
+
+
+@pytest.mark.parametrize("sde", ALL_SDES, ids=IDS)
+@settings(max_examples=25, deadline=None)
+@given(t=st.floats(1e-5, 1.0))
+def test_t_for_noise_ratio_round_trip_and_generic_bisection(sde, t):
+    """t -> sigma(t)/m(t) -> t through the closed-form inverse and through the base class's
+    bisection (used by SDEs without a closed form). Catches a closed form inverting sigma instead
+    of sigma/m (VP, subVP) or a bisection that moves the wrong end."""
+    coefs = sde.marginal_coefs(_t([t]))
+    ratio = coefs.std / coefs.mean_coef
+    assert sde.t_for_noise_ratio(ratio).item() == pytest.approx(t, rel=1e-9, abs=1e-12)
+    assert SDE.t_for_noise_ratio(sde, ratio).item() == pytest.approx(t, rel=1e-9, abs=1e-12)
+
+
+def test_t_for_noise_ratio_rejects_out_of_range():
+    with pytest.raises(ValueError, match="sigma_min"):
+        VESDE().t_for_noise_ratio(0.001)
+    with pytest.raises(ValueError, match="positive"):
+        VPSDE().t_for_noise_ratio(0.0)
+    with pytest.raises(ValueError, match="after T"):
+        SubVPSDE().t_for_noise_ratio(1e4)
+    with pytest.raises(ValueError, match=r"lie in \[0.01, 50\]"):
+        SDE.t_for_noise_ratio(VESDE(), 60.0)
 
 
 def test_t_for_std_rejects_out_of_range():

@@ -129,6 +129,7 @@ def score_likelihood_eval(
     importance_sampling: bool = True,
     ode_terminal: str = "prior",
     ode_t_end: float | None = None,
+    ode_time_variable: str = "t",
     sde: SDE | None = None,
 ) -> dict[str, Any]:
     """Likelihoods of any model with a score: probability-flow ODE NLL and the DSM bound, in bpd.
@@ -156,6 +157,8 @@ def score_likelihood_eval(
             model's own ``log_prob(x, t_end)``; density models only).
         ode_t_end: end time of the ODE for ``'model'`` (None: the SDE's T_ncml,
             ``hybrids.objectives.ncml.default_t_max``); must be None for ``'prior'``.
+        ode_time_variable: the variable the ODE solver steps in, ``'t'`` or ``'angle'``
+            (``hybrids.likelihood.ode_log_prob``'s ``time_variable``).
         sde: overrides ``model.sde``.
 
     Returns:
@@ -179,7 +182,7 @@ def score_likelihood_eval(
         if ode:
             res = ode_log_prob(model, sde, x, divergence=divergence, eps=eps, rtol=rtol, atol=atol,
                                generator=generator, eps_correction=eps_correction_ode, t_end=t_end,
-                               terminal_log_prob=terminal)
+                               terminal_log_prob=terminal, time_variable=ode_time_variable)
             odes.append(_to_units(-res.log_prob, num_dims, num_levels).cpu())
             nfes.append(res.nfe)
     units = ("bits/dim of the pixels, uniform dequantization, +log2(K/2) offset for [-1, 1] data"
@@ -194,6 +197,7 @@ def score_likelihood_eval(
         out["ode_nfe_mean"] = float(sum(nfes) / len(nfes))
         out["divergence"] = divergence
         out["ode_terminal"], out["ode_t_end"] = ode_terminal, sde.T if t_end is None else t_end
+        out["ode_time_variable"] = ode_time_variable
     if bound and ode:  # paired over the same examples: tests NLL_ODE <= bound per example
         out["bound_minus_ode_bpd"] = mean_ci(torch.cat(bounds) - torch.cat(odes))
     return out

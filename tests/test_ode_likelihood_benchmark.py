@@ -1,0 +1,48 @@
+"""benchmarks/ode_likelihood.py at toy scale: the comparison's columns and errors, the baseline's
+accepted times, and the U-Net step profile's bookkeeping."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.ode_likelihood import (EPS, HYBRIDS_VARIANTS, compare, gaussian_case, score_sde_log_prob,  # noqa: E402
+                                       step_profile, trained_unet)
+from hybrids.likelihood.ode import make_probe  # noqa: E402
+from hybrids.sdes import VPSDE  # noqa: E402
+
+
+def test_compare_reports_every_setting_against_the_closed_form():
+    """Every column reaches the closed-form answer at rtol = atol = 1e-6 (a baseline or variant
+    that solves a different ODE, or uses another probe than the reference, is off by far more),
+    and the ratios are to the baseline's row."""
+    sde = VPSDE()
+    model, x, reference = gaussian_case(8, 4, sde)
+    rows = compare(model.score, sde, x, reference, [1e-6])["tol=1e-06"]
+    assert set(rows) == {"score_sde_scipy_rk45", *HYBRIDS_VARIANTS}
+    for name, row in rows.items():
+        assert row["nfe"] > 10 and row["error_nats_per_dim"] < 1e-5, (name, row)
+    for name in HYBRIDS_VARIANTS:
+        assert rows[name]["nfe_ratio"] == rows[name]["nfe"] / rows["score_sde_scipy_rk45"]["nfe"]
+
+
+def test_baseline_accepted_times_and_step_profile_bookkeeping():
+    """The baseline's accepted times run from eps to T; the profile's bins count every step, and
+    its roughness is a finite non-negative fraction."""
+    sde = VPSDE()
+    model, x, _ = gaussian_case(8, 2, sde)
+    probe = make_probe(x, "rademacher", torch.Generator().manual_seed(1))
+    _, nfe, times = score_sde_log_prob(model.score, sde, x, probe, 1e-3, accepted_times=True)
+    assert times[0] == EPS and times[-1] == sde.T and np.all(np.diff(times) > 0) and nfe >= len(times)
+
+    unet = trained_unet(sde, 3, 0).double()  # a few updates: the untrained output layer is zero
+    digits = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
+    profile = step_profile(unet, sde, digits, [1e-2])
+    assert sum(profile["tol=0.01"]["steps_per_bin"]) == profile["tol=0.01"]["steps"] > 0
+    assert all(0 <= r < 1 for r in profile["relative_residual_of_quadratic_fit"].values())
