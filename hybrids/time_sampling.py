@@ -114,47 +114,58 @@ def cumulative_importance(sde: SDE, t: Tensor) -> Tensor:
     return CLOSED_FORMS[type(sde)][0](sde, t)
 
 
-def _table(sde: SDE, eps: float, num_points: int) -> tuple[Tensor, Tensor]:
-    """Grid t_i (geometric on [eps, T]) and the cumulative integral C_i of g^2/sigma^2, float64.
+def _check_interval(sde: SDE, eps: float, t_max: float | None) -> float:
+    """``t_max`` (default T) after checking 0 < eps < t_max <= T."""
+    check_eps(sde, eps)
+    t_max = sde.T if t_max is None else float(t_max)
+    if not eps < t_max <= sde.T:
+        raise ValueError(f"t_max must lie in (eps, T] = ({eps}, {sde.T}]; got {t_max}.")
+    return t_max
+
+
+def _table(sde: SDE, eps: float, num_points: int, t_max: float) -> tuple[Tensor, Tensor]:
+    """Grid t_i (geometric on [eps, t_max]) and the cumulative integral C_i of g^2/sigma^2, float64.
 
     The integrand is written in s = log t, where t g^2 / sigma^2 is smooth (about 1 near t = 0
     for VP), and integrated with the trapezoid rule.
     """
-    s = torch.linspace(math.log(eps), math.log(sde.T), num_points, dtype=torch.float64)
+    s = torch.linspace(math.log(eps), math.log(t_max), num_points, dtype=torch.float64)
     t = torch.exp(s)
-    t[0], t[-1] = eps, sde.T
+    t[0], t[-1] = eps, t_max
     h = t * importance_density(sde, t)
     steps = 0.5 * (h[1:] + h[:-1]) * (s[1:] - s[:-1])
     return t, torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(steps, 0)])
 
 
-def importance_normalizer(sde: SDE, eps: float, *, tabulated: bool = False) -> float:
-    """Z = int_eps^T g(t)^2 / sigma_t^2 dt (closed form where known, else tabulated).
+def importance_normalizer(sde: SDE, eps: float, *, tabulated: bool = False, t_max: float | None = None) -> float:
+    """Z = int_eps^t_max g(t)^2 / sigma_t^2 dt, t_max = T by default (closed form where known, else
+    tabulated).
 
     docs/methods.md quotes Z_VP = 23.8645 (eps 1e-5), 19.1654 (1e-3); Z_subVP = 37.6789, 28.2809.
     """
-    check_eps(sde, eps)
+    t_max = _check_interval(sde, eps, t_max)
     if not tabulated and type(sde) in CLOSED_FORMS:
-        ends = torch.tensor([eps, sde.T], dtype=torch.float64)
+        ends = torch.tensor([eps, t_max], dtype=torch.float64)
         f = cumulative_importance(sde, ends)
         return float(f[1] - f[0])
-    return float(_table(sde, eps, _TABLE_POINTS)[1][-1])
+    return float(_table(sde, eps, _TABLE_POINTS, t_max)[1][-1])
 
 
-def tabulated_inverse_cdf(sde: SDE, eps: float, u: Tensor, *, num_points: int = _TABLE_POINTS) -> Tensor:
-    """Inverse CDF of q(t) proportional to g^2/sigma^2 on [eps, T], from a fine table.
+def tabulated_inverse_cdf(sde: SDE, eps: float, u: Tensor, *, num_points: int = _TABLE_POINTS,
+                          t_max: float | None = None) -> Tensor:
+    """Inverse CDF of q(t) proportional to g^2/sigma^2 on [eps, t_max] (default T), from a fine table.
 
     Args:
         sde: any SDE.
         eps: lower end of the time interval.
         u: uniforms in [0, 1], any shape.
         num_points: grid size.
+        t_max: upper end of the time interval (default T).
 
     Returns:
         t with the shape of ``u``, float64.
     """
-    check_eps(sde, eps)
-    t_grid, cum = _table(sde, eps, num_points)
+    t_grid, cum = _table(sde, eps, num_points, _check_interval(sde, eps, t_max))
     target = u.to(torch.float64) * cum[-1]
     idx = torch.searchsorted(cum, target.reshape(-1)).clamp(1, num_points - 1)
     lo, hi = cum[idx - 1], cum[idx]
@@ -164,13 +175,14 @@ def tabulated_inverse_cdf(sde: SDE, eps: float, u: Tensor, *, num_points: int = 
     return torch.exp(log_t).reshape(u.shape)
 
 
-def closed_form_inverse_cdf(sde: SDE, eps: float, u: Tensor) -> Tensor:
-    """Exact inverse CDF of q(t) for VP, subVP and VE (see the module docstring), float64."""
-    check_eps(sde, eps)
+def closed_form_inverse_cdf(sde: SDE, eps: float, u: Tensor, *, t_max: float | None = None) -> Tensor:
+    """Exact inverse CDF of q(t) on [eps, t_max] (default T) for VP, subVP and VE (see the module
+    docstring), float64."""
+    t_max = _check_interval(sde, eps, t_max)
     cumulative, inverse = CLOSED_FORMS[type(sde)]
-    ends = cumulative(sde, torch.tensor([eps, sde.T], dtype=torch.float64))
+    ends = cumulative(sde, torch.tensor([eps, t_max], dtype=torch.float64))
     f = ends[0] + u.to(torch.float64) * (ends[1] - ends[0])
-    return inverse(sde, f).clamp(eps, sde.T)
+    return inverse(sde, f).clamp(eps, t_max)
 
 
 def importance_sample_t(
@@ -182,8 +194,9 @@ def importance_sample_t(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     tabulated: bool = False,
+    t_max: float | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Draw t ~ q(t) proportional to g(t)^2 / sigma_t^2 on [eps, T] with its weight lambda/q.
+    """Draw t ~ q(t) proportional to g(t)^2 / sigma_t^2 on [eps, t_max] (default T) with its weight lambda/q.
 
     Args:
         sde: the forward SDE.
@@ -192,21 +205,22 @@ def importance_sample_t(
         generator: random source of the uniforms.
         dtype, device: of the outputs (default dtype: torch's default).
         tabulated: force the tabulated inverse CDF even where a closed form exists.
+        t_max: upper end of the time interval (default T; e.g. a bound closed at t_max).
 
     Returns:
         ``(t, weight)``, each ``shape``, with weight = lambda(t) / q(t) = Z sigma_t^2 for
-        lambda = g^2, so that E_q[weight * h(t)] = int_eps^T g(t)^2 h(t) dt exactly for any h
+        lambda = g^2, so that E_q[weight * h(t)] = int_eps^t_max g(t)^2 h(t) dt exactly for any h
         (the likelihood-weighted time integral; divide by g^2 to integrate h itself).
     """
-    check_eps(sde, eps)
+    t_max = _check_interval(sde, eps, t_max)
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     dtype = dtype or torch.get_default_dtype()
     gen_device = generator.device if generator is not None else device
     u = torch.rand(shape, generator=generator, dtype=torch.float64, device=gen_device).cpu()
     if tabulated or type(sde) not in CLOSED_FORMS:
-        t = tabulated_inverse_cdf(sde, eps, u)
+        t = tabulated_inverse_cdf(sde, eps, u, t_max=t_max)
     else:
-        t = closed_form_inverse_cdf(sde, eps, u)
-    z = importance_normalizer(sde, eps, tabulated=tabulated)
+        t = closed_form_inverse_cdf(sde, eps, u, t_max=t_max)
+    z = importance_normalizer(sde, eps, tabulated=tabulated, t_max=t_max)
     weight = z * sde.marginal_coefs(t).std ** 2
     return t.to(dtype=dtype, device=device), weight.to(dtype=dtype, device=device)

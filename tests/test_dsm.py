@@ -75,6 +75,36 @@ def test_samples_follow_q_ks(sde, tabulated):
     assert stats.kstest(t.numpy(), cdf).pvalue > 1e-3
 
 
+@pytest.mark.parametrize("sde", SDES)
+@settings(max_examples=5, deadline=None)
+@given(t_max=st.floats(0.02, 1.0), seed=st.integers(0, 1000))
+def test_truncated_importance_sampling_on_eps_to_t_max(sde, t_max, seed):
+    """q restricted to [eps, t_max]: every draw lies there, the normaliser is the quadrature of
+    g^2/sigma^2 over [eps, t_max] (closed form and table), both inverse CDFs agree, and the weights
+    integrate h(t) = 1/g^2 to the interval's length, t_max - eps (the estimator's identity, to 5
+    s.e.). Catches an upper end left at T in the draw (draws above t_max) or in the normaliser
+    (weights too large by Z(T)/Z(t_max))."""
+    eps = 1e-5
+    z_quad = _quad(lambda t: _density(sde, t), eps, t_max)
+    assert importance_normalizer(sde, eps, t_max=t_max) == pytest.approx(z_quad, rel=1e-8)
+    assert importance_normalizer(sde, eps, t_max=t_max, tabulated=True) == pytest.approx(z_quad, rel=1e-6)
+    u = torch.linspace(0, 1, 101, dtype=torch.float64)
+    torch.testing.assert_close(tabulated_inverse_cdf(sde, eps, u, t_max=t_max),
+                               closed_form_inverse_cdf(sde, eps, u, t_max=t_max), rtol=1e-5, atol=1e-9)
+    t, w = importance_sample_t(sde, [4000], eps, torch.Generator().manual_seed(seed), dtype=torch.float64,
+                               t_max=t_max)
+    assert bool(((t >= eps) & (t <= t_max)).all())
+    values = w / sde.diffusion(t) ** 2
+    assert abs(float(values.mean()) - (t_max - eps)) < 5 * float(values.std()) / math.sqrt(4000) + 1e-12
+
+
+def test_truncated_importance_sampling_rejects_bad_ends():
+    with pytest.raises(ValueError, match=r"t_max must lie in \(eps, T\]"):
+        importance_sample_t(VPSDE(), [3], 1e-3, t_max=1e-4)
+    with pytest.raises(ValueError, match=r"t_max must lie in \(eps, T\]"):
+        importance_normalizer(VPSDE(), 1e-3, t_max=1.5)
+
+
 @settings(max_examples=10, deadline=None)
 @given(sde_i=st.integers(0, 2), eps=st.sampled_from([1e-5, 1e-3, 1e-2]), seed=st.integers(0, 1000))
 def test_weight_identity(sde_i, eps, seed):

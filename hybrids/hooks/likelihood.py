@@ -130,6 +130,8 @@ def score_likelihood_eval(
     ode_terminal: str = "prior",
     ode_t_end: float | None = None,
     ode_time_variable: str = "t",
+    bound_terminal: str = "prior",
+    bound_t_end: float | None = None,
     sde: SDE | None = None,
 ) -> dict[str, Any]:
     """Likelihoods of any model with a score: probability-flow ODE NLL and the DSM bound, in bpd.
@@ -139,6 +141,9 @@ def score_likelihood_eval(
     t_end < T (NCML: T_ncml) has an untrained score above it; ``ode_terminal='model'`` integrates to
     t_end and closes with the model's own density instead,
     -[log p_theta(x_t_end | t_end) + int_eps^t_end div F dt] (the closure consistency_eval uses).
+    ``bound_terminal='model'`` closes the DSM bound the same way: its time integral runs over
+    [eps, t_end] and E[-log p_theta(x_t_end | t_end)] replaces the prior term, a bound on the model
+    that draws from p_theta(. | t_end) and runs the reverse SDE of its score (NCML's hybrid sampler).
 
     Args:
         model: a model with ``score`` (a score model, or a density model through its autograd
@@ -159,6 +164,7 @@ def score_likelihood_eval(
             ``hybrids.objectives.ncml.default_t_max``); must be None for ``'prior'``.
         ode_time_variable: the variable the ODE solver steps in, ``'t'`` or ``'angle'``
             (``hybrids.likelihood.ode_log_prob``'s ``time_variable``).
+        bound_terminal, bound_t_end: the same closure choices for the DSM bound.
         sde: overrides ``model.sde``.
 
     Returns:
@@ -167,7 +173,8 @@ def score_likelihood_eval(
         'num_examples', ...}``.
     """
     sde = sde_of(model, sde, binding="score_likelihood_eval.sde")
-    t_end, terminal = _ode_closure(model, sde, ode_terminal, ode_t_end)
+    t_end, terminal = _closure(model, sde, "ode", ode_terminal, ode_t_end)
+    bound_end, bound_closure = _closure(model, sde, "bound", bound_terminal, bound_t_end)
     num_levels = data.num_levels
     x_all = model_space_examples(model, data, num_examples, generator)
     num_dims = x_all[0].numel()
@@ -177,7 +184,8 @@ def score_likelihood_eval(
         if bound:
             with torch.no_grad():
                 nll = dsm_bound(model, sde, x, n_times=n_times, importance_sampling=importance_sampling, eps=eps,
-                                eps_correction=eps_correction_bound, generator=generator)
+                                eps_correction=eps_correction_bound, generator=generator, t_end=bound_end,
+                                terminal_log_prob=bound_closure)
             bounds.append(_to_units(nll, num_dims, num_levels).cpu())
         if ode:
             res = ode_log_prob(model, sde, x, divergence=divergence, eps=eps, rtol=rtol, atol=atol,
@@ -192,6 +200,7 @@ def score_likelihood_eval(
     if bound:
         out["bound_bpd"] = mean_ci(torch.cat(bounds))
         out["n_times"] = n_times
+        out["bound_terminal"], out["bound_t_end"] = bound_terminal, sde.T if bound_end is None else bound_end
     if ode:
         out["ode_bpd"] = mean_ci(torch.cat(odes))
         out["ode_nfe_mean"] = float(sum(nfes) / len(nfes))
@@ -203,21 +212,23 @@ def score_likelihood_eval(
     return out
 
 
-def _ode_closure(model: nn.Module, sde: SDE, terminal: str, t_end: float | None):
-    """``(t_end, terminal_log_prob)`` for ``ode_log_prob``: the prior at T, or the model's density at t_end."""
+def _closure(model: nn.Module, sde: SDE, kind: str, terminal: str, t_end: float | None):
+    """``(t_end, terminal_log_prob)`` for the ODE or the bound (``kind``: 'ode' or 'bound'): the
+    prior at T, or the model's density at t_end."""
+    name = f"score_likelihood_eval.{kind}"
     if terminal == "prior":
         if t_end is not None:
-            raise ValueError(f"score_likelihood_eval.ode_t_end = {t_end} needs ode_terminal = 'model' (the prior "
-                             "closes the ODE at T only); unbind ode_t_end or bind ode_terminal = 'model'.")
+            raise ValueError(f"{name}_t_end = {t_end} needs {kind}_terminal = 'model' (the prior closes at T "
+                             f"only); unbind {kind}_t_end or bind {kind}_terminal = 'model'.")
         return None, None
     if terminal != "model":
-        raise ValueError(f"score_likelihood_eval.ode_terminal must be 'prior' or 'model'; got {terminal!r}.")
+        raise ValueError(f"{name}_terminal must be 'prior' or 'model'; got {terminal!r}.")
     if not callable(getattr(model, "log_prob", None)):
-        raise TypeError(f"score_likelihood_eval.ode_terminal = 'model' needs a density model with log_prob(x, t); "
-                        f"{type(model).__name__} has none. Use ode_terminal = 'prior'.")
+        raise TypeError(f"{name}_terminal = 'model' needs a density model with log_prob(x, t); "
+                        f"{type(model).__name__} has none. Use {kind}_terminal = 'prior'.")
     t_end = default_t_max(sde) if t_end is None else float(t_end)
     if not 0.0 < t_end <= sde.T:
-        raise ValueError(f"score_likelihood_eval.ode_t_end must lie in (0, T = {sde.T}]; got {t_end}.")
+        raise ValueError(f"{name}_t_end must lie in (0, T = {sde.T}]; got {t_end}.")
 
     return t_end, own_density_at(model, t_end)
 

@@ -26,6 +26,16 @@ So the integral is evaluated at x and only the decoder term at a draw x_eps. (Th
 E[bound_eps(x_eps) - log r], which evaluates the kernel-from-0 integral at x_eps, would add the eps
 noise twice, loosening the bound by about D m_eps^2 s_eps^2 / (2 Var) nats.)
 
+Closure at t_end < T (``t_end``, ``terminal_log_prob``). The same argument with the horizon t_end
+and any density p_end in place of pi bounds the model that draws x_t_end ~ p_end and runs the
+reverse SDE of s from t_end to 0 (NCML's hybrid sampler, with p_end the model's own
+p_theta(. | T_ncml)):
+
+    -log p(x) <= E[-log p_end(x_t_end)] + 1/2 int_eps^t_end E_z[ ... ] dt,
+
+the first term a Monte Carlo average over ``terminal_draws`` draws x_t_end = m x + sigma z per
+datapoint, the time integral drawn on [eps, t_end] (importance sampler truncated there).
+
 Gaussian draws follow ``hybrids.tensors``' rule (on the generator's device, then moved to x's).
 """
 from __future__ import annotations
@@ -142,6 +152,9 @@ def dsm_bound(
     generator: torch.Generator | None = None,
     time_chunk: int = 100,
     entropy: str = "closed_form",
+    t_end: float | None = None,
+    terminal_log_prob: Callable[[Tensor], Tensor] | None = None,
+    terminal_draws: int = 1,
 ) -> Tensor:
     """Upper bound on -log p(x) in nats (Theorem 3, DSM form; see the module docstring).
 
@@ -158,6 +171,10 @@ def dsm_bound(
         time_chunk: time points evaluated per network call (memory control).
         entropy: entropy term of the eps correction, ``'closed_form'`` or
             ``'sample'`` (same expectation, lower variance); see :func:`eps_correction_sample`.
+        t_end: end of the time integral (default T).
+        terminal_log_prob: ``z [B, ...] -> [B]``, the log-density at ``t_end`` that closes the bound
+            (default: the SDE's prior, in closed form, right at t_end = T only).
+        terminal_draws: draws of x_t_end per datapoint averaged in E[-log p_end(x_t_end)].
 
     Returns:
         ``[B]`` upper bounds on -log p(x), nats (in expectation over the randomness).
@@ -167,9 +184,16 @@ def dsm_bound(
         ValueError: bad sizes or ``eps``, or rows of ``x`` with NaN or infinite values.
     """
     check_model_space(x, "dsm_bound")
-    if n_times < 1 or time_chunk < 1:
-        raise ValueError(f"n_times and time_chunk must be >= 1; got {n_times}, {time_chunk}.")
+    if n_times < 1 or time_chunk < 1 or terminal_draws < 1:
+        raise ValueError(f"n_times, time_chunk and terminal_draws must be >= 1; got {n_times}, {time_chunk}, "
+                         f"{terminal_draws}.")
     check_eps(sde, eps)
+    t_end = sde.T if t_end is None else float(t_end)
+    if not eps < t_end <= sde.T:
+        raise ValueError(f"Need eps < t_end <= T = {sde.T}; got eps={eps}, t_end={t_end}.")
+    if terminal_log_prob is None and t_end != sde.T:
+        raise ValueError(f"dsm_bound: the prior closes the bound at T = {sde.T} only; got t_end = {t_end}. "
+                         "Pass terminal_log_prob (e.g. the model's own log p(. | t_end)) or leave t_end at T.")
     fn = as_score_fn(score_fn)
     correction = None
     if eps_correction:
@@ -183,13 +207,14 @@ def dsm_bound(
         n = min(time_chunk, n_times - done)
         xr = x.unsqueeze(1).expand(batch, n, *x.shape[1:]).reshape(batch * n, *x.shape[1:])
         if importance_sampling:
-            t, w = importance_sample_t(sde, [batch * n], eps, generator, dtype=x.dtype, device=x.device)
+            t, w = importance_sample_t(sde, [batch * n], eps, generator, dtype=x.dtype, device=x.device,
+                                       t_max=t_end)
             g2 = sde.diffusion(t) ** 2
             inv_q = w / g2
         else:
-            t = uniform_times(batch * n, eps, sde.T, generator, dtype=x.dtype, device=x.device)
+            t = uniform_times(batch * n, eps, t_end, generator, dtype=x.dtype, device=x.device)
             g2 = sde.diffusion(t) ** 2
-            inv_q = torch.full_like(t, sde.T - eps)
+            inv_q = torch.full_like(t, t_end - eps)
         x_t, z = sde.perturb(xr, t, randn_like(xr, generator))
         std = sde.marginal_coefs(t).std
         s = fn(x_t, t).flatten(1)
@@ -197,5 +222,17 @@ def dsm_bound(
         integrand = g2 * (s.pow(2).sum(1) + 2 * (s * zf).sum(1) / std) - 2 * sde.drift_divergence(t, num_dims)
         total = total + (integrand * inv_q).reshape(batch, n).sum(1)
         done += n
-    bound = expected_prior_nll(sde, x) + 0.5 * total / n_times
+    terminal = expected_prior_nll(sde, x) if terminal_log_prob is None else _expected_terminal_nll(
+        sde, x, t_end, terminal_log_prob, terminal_draws, generator)
+    bound = terminal + 0.5 * total / n_times
     return bound if correction is None else bound - correction
+
+
+def _expected_terminal_nll(sde: SDE, x: Tensor, t_end: float, log_prob: Callable[[Tensor], Tensor], draws: int,
+                           generator: torch.Generator | None) -> Tensor:
+    """E_{x_t_end ~ N(m x, sigma^2 I)}[-log p_end(x_t_end)], ``[B]``: the mean over ``draws`` draws."""
+    total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for _ in range(draws):
+        x_end, _ = sde.perturb(x, _time(t_end, x), randn_like(x, generator))
+        total = total - log_prob(x_end)
+    return total / draws
