@@ -19,6 +19,8 @@ Cases (VP SDE):
   importance sampling), batch of 8 dequantized test digits. Reference: the same probe, solved in
   t at rtol = atol = 1e-9, so the error is again the solver's; the same solve in the angle variable
   is reported beside it (``reference_t_minus_angle_nats_per_dim``) as a check of the reference.
+  With ``--run_dir`` the case uses a trained run's score model instead (``hybrids.load_run``, EMA
+  weights, float64) on its dataset's test split (``--data_dir``), e.g. a MNIST U-Net.
 
 Errors are mean |log p - reference| over the batch in nats per dimension.
 
@@ -40,6 +42,7 @@ import torch
 from scipy import integrate
 from torch import Tensor
 
+from hybrids import load_run
 from hybrids.data import dequantize, load_dataset
 from hybrids.likelihood import bits_per_dim, ode_log_prob
 from hybrids.likelihood.ode import flow_and_divergence, make_probe
@@ -182,7 +185,7 @@ def divergence_cost(model: ScoreModel, sde: SDE, batch_size: int, tol: float, se
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="gaussian64,gaussian784,unet")
     parser.add_argument("--tols", default="1e-5,1e-3")
@@ -192,7 +195,10 @@ def main() -> None:
     parser.add_argument("--step_profile", action="store_true",
                         help="where score_sde's solve steps on the U-Net, and the network's roughness in t")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--run_dir", default=None, help="unet case: a trained run's workdir instead of the digits U-Net")
+    parser.add_argument("--data_dir", default=None, help="with --run_dir: where its dataset lives")
+    parser.add_argument("--reference_tol", type=float, default=1e-9, help="unet case: tolerance of the reference solves")
+    args = parser.parse_args(argv)
 
     sde = VPSDE()
     tols = [float(t) for t in args.tols.split(",")]
@@ -204,34 +210,42 @@ def main() -> None:
         x = dequantize(test.data[: args.batch_size], test.num_levels, torch.Generator().manual_seed(args.seed)).double()
         results["step_profile"] = step_profile(model, sde, x, tols)
         print(json.dumps(results, indent=1))
-        return
+        return results
     if args.divergence_cost:
         model = trained_unet(sde, args.train_steps, args.seed)
         results["divergence_cost"] = divergence_cost(model, sde, args.batch_size, tols[0], args.seed)
         print(json.dumps(results, indent=1))
-        return
+        return results
     for case in args.cases.split(","):
         print(f"== {case}", flush=True)
         if case.startswith("gaussian"):
             model, x, reference = gaussian_case(int(case[len("gaussian"):]), 8 if case == "gaussian64" else 16, sde)
             results[case] = compare(model.score, sde, x, reference, tols)
         elif case == "unet":
-            model = trained_unet(sde, args.train_steps, args.seed).double()
-            test = load_dataset("digits", "test")
+            unet_sde = sde
+            if args.run_dir is None:
+                model, dataset = trained_unet(sde, args.train_steps, args.seed).double(), "digits"
+            else:
+                run = load_run(args.run_dir)
+                model, dataset, unet_sde = run.model.double(), run.dataset_name, run.sde
+                results["setup"].update(run_dir=args.run_dir, run_step=run.step, run_sde=repr(unet_sde))
+            test = load_dataset(dataset, "test", args.data_dir)
             x = dequantize(test.data[: args.batch_size], test.num_levels,
                            torch.Generator().manual_seed(args.seed)).double()
             references = {}
             for time_variable in ("t", "angle"):
                 with torch.no_grad():
-                    references[time_variable] = ode_log_prob(model, sde, x, eps=EPS, rtol=1e-9, atol=1e-9,
+                    references[time_variable] = ode_log_prob(model, unet_sde, x, eps=EPS, rtol=args.reference_tol,
+                                                             atol=args.reference_tol,
                                                              time_variable=time_variable,
                                                              generator=torch.Generator().manual_seed(1)).log_prob
-            results[case] = compare(model.score, sde, x, references["t"], tols)
+            results[case] = compare(model.score, unet_sde, x, references["t"], tols)
             results[case]["reference_t_minus_angle_nats_per_dim"] = float(
                 (references["t"] - references["angle"]).abs().mean() / x[0].numel())
         else:
             raise SystemExit(f"Unknown case {case!r}; choose from gaussian64, gaussian784, unet.")
     print(json.dumps(results, indent=1))
+    return results
 
 
 if __name__ == "__main__":

@@ -479,7 +479,7 @@ def test_likelihood_hook_closure_errors():
     with pytest.raises(ValueError, match="needs bound_terminal = 'model'"):
         score_likelihood_eval(model, data, bound_t_end=0.1, **{**kw, "bound": True, "ode": False})
     with pytest.raises(TypeError, match="bound_terminal = 'model' needs a density model"):
-        score_likelihood_eval(ScoreOnly(), data, bound_terminal="model", **kw)
+        score_likelihood_eval(ScoreOnly(), data, bound_terminal="model", **{**kw, "bound": True, "ode": False})
 
 
 def test_vardeq_hook_runs_on_digits_with_an_analytic_model():
@@ -668,6 +668,19 @@ def test_angle_variable_is_more_accurate_than_t_on_spread_variances():
     assert runs["angle"].nfe <= runs["t"].nfe, {tv: r.nfe for tv, r in runs.items()}
     with pytest.raises(ValueError, match="Unknown time variable 'sigma'"):
         ode_log_prob(model, sde, x, time_variable="sigma")
+
+
+@pytest.mark.parametrize("sde", [VESDE(0.01, 45.0), VPSDE(0.1, 22.0)], ids=["ve45", "vp22"])
+def test_angle_variable_in_float32_evaluates_the_noisy_end(sde):
+    """float32 data, one fixed rk4 step that evaluates the flow exactly at phi(T): the result is
+    finite and equals the same scheme in float64 to float32 accuracy. Catches tan(phi) taken in
+    float32, which for these SDEs lands one rounding step past sigma(T)/m(T) and raised."""
+    model = GaussianDataModel(MEAN, VAR, sde)
+    x = model.sample(4, 1e-5, generator=torch.Generator().manual_seed(0))
+    runs = {dtype: ode_log_prob(model, sde, x.to(dtype), divergence="exact", method="rk4", time_variable="angle")
+            for dtype in (torch.float32, F64)}
+    assert runs[torch.float32].log_prob.dtype == torch.float32
+    torch.testing.assert_close(runs[torch.float32].log_prob.double(), runs[F64].log_prob, rtol=1e-4, atol=1e-3)
 
 
 class _InconsistentGaussian(GaussianDataModel):

@@ -12,8 +12,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.ode_likelihood import (EPS, HYBRIDS_VARIANTS, compare, gaussian_case, score_sde_log_prob,  # noqa: E402
-                                       step_profile, trained_unet)
+import gin  # noqa: E402
+
+from benchmarks.ode_likelihood import (EPS, HYBRIDS_VARIANTS, compare, gaussian_case, main,  # noqa: E402
+                                       score_sde_log_prob, step_profile, trained_unet)
+from experiments.runner import run_experiment  # noqa: E402
 from hybrids.likelihood.ode import make_probe  # noqa: E402
 from hybrids.sdes import VPSDE  # noqa: E402
 
@@ -46,3 +49,19 @@ def test_baseline_accepted_times_and_step_profile_bookkeeping():
     profile = step_profile(unet, sde, digits, [1e-2])
     assert sum(profile["tol=0.01"]["steps_per_bin"]) == profile["tol=0.01"]["steps"] > 0
     assert all(0 <= r < 1 for r in profile["relative_residual_of_quadratic_fit"].values())
+
+
+def test_unet_case_on_a_trained_run(tmp_path):
+    """``--run_dir``: the U-Net case loads a run (smoke-scale ScoreFlow VP U-Net on the digits),
+    solves its reference in both variables and reports every column, with the run recorded."""
+    workdir = tmp_path / "scoreflow"
+    gin.clear_config()
+    run_experiment(["scoreflow_vp_likelihood_is.gin", "presets/cpu_small.gin", "presets/smoke.gin"], [],
+                   workdir=workdir, mode="train")
+    gin.clear_config()
+    out = main(["--cases", "unet", "--run_dir", str(workdir), "--batch_size", "2", "--tols", "1e-2",
+                "--reference_tol", "1e-4"])
+    assert out["setup"]["run_dir"] == str(workdir) and out["setup"]["run_step"] == 4
+    rows = out["unet"]["tol=0.01"]
+    assert set(rows) == {"score_sde_scipy_rk45", *HYBRIDS_VARIANTS} and all(r["nfe"] > 0 for r in rows.values())
+    assert out["unet"]["reference_t_minus_angle_nats_per_dim"] >= 0

@@ -143,7 +143,8 @@ def score_likelihood_eval(
     -[log p_theta(x_t_end | t_end) + int_eps^t_end div F dt] (the closure consistency_eval uses).
     ``bound_terminal='model'`` closes the DSM bound the same way: its time integral runs over
     [eps, t_end] and E[-log p_theta(x_t_end | t_end)] replaces the prior term, a bound on the model
-    that draws from p_theta(. | t_end) and runs the reverse SDE of its score (NCML's hybrid sampler).
+    that draws from p_theta(. | t_end) and runs the reverse SDE of its score (the continuous-time
+    version of NCML's hybrid sampler).
 
     Args:
         model: a model with ``score`` (a score model, or a density model through its autograd
@@ -173,8 +174,8 @@ def score_likelihood_eval(
         'num_examples', ...}``.
     """
     sde = sde_of(model, sde, binding="score_likelihood_eval.sde")
-    t_end, terminal = _closure(model, sde, "ode", ode_terminal, ode_t_end)
-    bound_end, bound_closure = _closure(model, sde, "bound", bound_terminal, bound_t_end)
+    t_end, terminal = _closure(model, sde, "ode", ode_terminal, ode_t_end) if ode else (None, None)
+    bound_end, bound_closure = _closure(model, sde, "bound", bound_terminal, bound_t_end) if bound else (None, None)
     num_levels = data.num_levels
     x_all = model_space_examples(model, data, num_examples, generator)
     num_dims = x_all[0].numel()

@@ -28,8 +28,8 @@ noise twice, loosening the bound by about D m_eps^2 s_eps^2 / (2 Var) nats.)
 
 Closure at t_end < T (``t_end``, ``terminal_log_prob``). The same argument with the horizon t_end
 and any density p_end in place of pi bounds the model that draws x_t_end ~ p_end and runs the
-reverse SDE of s from t_end to 0 (NCML's hybrid sampler, with p_end the model's own
-p_theta(. | T_ncml)):
+reverse SDE of s from t_end to 0 (the continuous-time version of NCML's hybrid sampler, with
+p_end the model's own p_theta(. | T_ncml)):
 
     -log p(x) <= E[-log p_end(x_t_end)] + 1/2 int_eps^t_end E_z[ ... ] dt,
 
@@ -181,7 +181,8 @@ def dsm_bound(
 
     Raises:
         TypeError: ``x`` is not floating-point data (e.g. integer levels not yet dequantized).
-        ValueError: bad sizes or ``eps``, or rows of ``x`` with NaN or infinite values.
+        ValueError: bad sizes, ``eps`` or ``t_end``, ``t_end`` < T without ``terminal_log_prob``, or
+            rows of ``x`` with NaN or infinite values.
     """
     check_model_space(x, "dsm_bound")
     if n_times < 1 or time_chunk < 1 or terminal_draws < 1:

@@ -34,14 +34,14 @@ d ln(sigma_t / m_t)/dt = g^2 / (2 sigma_t^2)) and kappa = cos(phi) / m_t,
     d delta/dphi = div_x F(x, t) dt/dphi
 
 (the second is the same integral as in t, by substitution). For Gaussian data the solution in
-phi is analytic except near phi = i sqrt(variance), and the large-noise end, where t-steps resolve
+phi is analytic except near tan(phi) = +-i sqrt(variance), and the large-noise end, where t-steps resolve
 a nearly constant x, shrinks to a short interval below pi/2. Measured in
-``benchmarks/ode_likelihood.py`` (docs/benchmarks.md): on Gaussian data (D = 64 and 784) it lands
-1.9-2.1x closer to the exact answer than ``'t'`` at the same tolerance with 0.76-1.0x the
-evaluations, and with the ``'rms'`` norm it beats score_sde's solve on both counts (0.73-0.91x
+``benchmarks/ode_likelihood.py`` (docs/benchmarks.md), both with the default ``'mixed'`` norm: on
+Gaussian data (D = 64 and 784) it lands 1.9-2.1x closer to the exact answer than ``'t'`` at the
+same tolerance with 0.76-1.0x the evaluations, and with the ``'rms'`` norm it beats score_sde's solve on both counts (0.73-0.91x
 the evaluations, 0.73-0.92x the error); on a briefly trained digits U-Net, whose output is rough
-in t (sinusoidal embedding of 1000 t), it takes 1.1-1.2x the evaluations for 0.7-0.8x the error.
-So ``'t'`` stays the default.
+in t (sinusoidal embedding of 1000 t), it takes 1.1-1.2x the evaluations for 0.7-0.8x the error
+(with ``'rms'``: 1.1-1.2x the evaluations for 1.3-1.9x the error). So ``'t'`` stays the default.
 
 With ``eps_correction=True`` the solve starts from x_eps ~ N(m_eps x, s_eps^2 I) and the result
 is log p_eps(x_eps) + log r(x | x_eps) + H, a stochastic lower bound on log p_0(x) (the Tweedie
@@ -50,6 +50,7 @@ decoder of ``hybrids.likelihood.bound``); the reference code reports the uncorre
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -162,19 +163,22 @@ def flow_and_divergence(score_fn, sde: SDE, x: Tensor, t: Tensor, *, probe: Tens
     return drift, div
 
 
-def _angle(sde: SDE, t: float) -> Tensor:
-    """phi(t) = arctan(sigma_t / m_t), a 0-dim float64 tensor."""
+def _noise_ratio(sde: SDE, t: float) -> float:
+    """r(t) = sigma_t / m_t = tan(phi(t)), computed in float64."""
     coefs = sde.marginal_coefs(torch.tensor(t, dtype=torch.float64))
-    return torch.atan2(coefs.std, coefs.mean_coef)
+    return float(coefs.std / coefs.mean_coef)
 
 
-def _angle_coefs(sde: SDE, phi: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(dt/dphi, kappa = cos(phi) / m_t, d ln(kappa)/dphi = -tan(phi) - f(t) dt/dphi) at the angle
-    ``phi`` (0-dim) of the time ``t`` (``[1]``), each 0-dim."""
+def _angle_coefs(sde: SDE, t: Tensor, ratio: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(dt/dphi, kappa, d ln(kappa)/dphi) at the time ``t`` (``[1]``, float64) whose noise-to-signal
+    ratio is ``ratio`` = tan(phi), each 0-dim float64, written without phi (whose rounding near pi/2
+    would move them): sin(phi) cos(phi) = r / (1 + r^2), so dt/dphi = 2 sigma^2 (1 + r^2) / (g^2 r);
+    kappa = cos(phi) / m = 1 / sqrt(m^2 + sigma^2); d ln(kappa)/dphi = -r - f(t) dt/dphi."""
     coefs = sde.marginal_coefs(t)
-    dt_dphi = 2 * coefs.std**2 / (sde.diffusion(t) ** 2 * torch.sin(phi) * torch.cos(phi))
-    linear = -torch.tan(phi) - sde.drift_coef(t) * dt_dphi
-    return dt_dphi[0], (torch.cos(phi) / coefs.mean_coef)[0], linear[0]
+    dt_dphi = 2 * coefs.std**2 * (1 + ratio**2) / (sde.diffusion(t) ** 2 * ratio)
+    kappa = torch.rsqrt(coefs.mean_coef**2 + coefs.std**2)
+    linear = -ratio - sde.drift_coef(t) * dt_dphi
+    return dt_dphi[0], kappa[0], linear[0]
 
 
 def ode_log_prob(
@@ -268,10 +272,12 @@ def ode_log_prob(
         nonlocal nfe
         nfe += 1
         check_solver_time(phi, "ode_log_prob", nfe)
-        phi = phi.to(x.dtype).clamp(*angles)
-        t = sde.t_for_noise_ratio(torch.tan(phi).reshape(1)).clamp(eps, t_end)
-        dt_dphi, kappa, linear = _angle_coefs(sde, phi, t)
-        drift, div = flow(t, state[0] / kappa)
+        # In float64 and clamped to the ends' ratios: in float32, tan of an angle one rounding step
+        # from pi/2 can pass sigma(T)/m(T) (the initial-step probe may also leave the interval).
+        ratio = torch.tan(phi.to(torch.float64)).clamp(*ratios).reshape(1)
+        t = sde.t_for_noise_ratio(ratio).clamp(eps, t_end)
+        dt_dphi, kappa, linear = (c.to(x.dtype) for c in _angle_coefs(sde, t, ratio))
+        drift, div = flow(t.to(x.dtype), state[0] / kappa)
         return dt_dphi * kappa * drift + linear * state[0], dt_dphi * div
 
     delta0 = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
@@ -279,9 +285,12 @@ def ode_log_prob(
     if time_variable == "t":
         times, rhs, state0 = torch.tensor([eps, t_end], dtype=x.dtype, device=x.device), rhs_t, (x0, delta0)
     else:
-        angles = tuple(float(_angle(sde, time)) for time in (eps, t_end))
-        times, rhs = torch.tensor(angles, dtype=x.dtype, device=x.device), rhs_angle
-        state0 = (x0 * _angle_coefs(sde, times[0], times.new_tensor([eps]))[1], delta0)
+        ratios = tuple(_noise_ratio(sde, time) for time in (eps, t_end))
+        times, rhs = torch.tensor([math.atan(r) for r in ratios], dtype=x.dtype, device=x.device), rhs_angle
+        kappas = [_angle_coefs(sde, torch.tensor([time], dtype=torch.float64, device=x.device),
+                               torch.tensor(r, dtype=torch.float64, device=x.device))[1].to(x.dtype)
+                  for time, r in zip((eps, t_end), ratios)]
+        state0 = (x0 * kappas[0], delta0)
     with torch.set_grad_enabled(keep_graph), solver_errors("ode_log_prob"):
         options = None
         if method in ADAPTIVE_METHODS:
@@ -289,7 +298,7 @@ def ode_log_prob(
         xs, delta = odeint(rhs, state0, times, rtol=rtol, atol=atol, method=method, options=options)
     z, delta = xs[-1], delta[-1]
     if time_variable == "angle":
-        z = z / _angle_coefs(sde, times[1], times.new_tensor([t_end]))[1]
+        z = z / kappas[1]
     prior = sde.prior_log_prob(z) if terminal_log_prob is None else terminal_log_prob(z)
     log_prob = prior + delta
     if correction is not None:
