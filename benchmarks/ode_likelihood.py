@@ -18,13 +18,20 @@ Cases (VP SDE):
 * ``unet``: a compact digits U-Net trained ``--train_steps`` DSM updates (likelihood weighting +
   importance sampling), batch of 8 dequantized test digits. Reference: the same probe, solved in
   t at rtol = atol = 1e-9, so the error is again the solver's; the same solve in the angle variable
-  is reported beside it (``reference_t_minus_angle_nats_per_dim``) as a check of the reference.
+  is recorded in ``setup`` (``reference_t_minus_angle_nats_per_dim``) as a check of the reference.
   With ``--run_dir`` the case uses a trained run's score model instead (``hybrids.load_run``, EMA
   weights, float64) on its dataset's test split (``--data_dir``), e.g. a MNIST U-Net.
 
 Errors are mean |log p - reference| over the batch in nats per dimension.
 
     OMP_NUM_THREADS=1 python -m benchmarks.ode_likelihood [--cases gaussian64,gaussian784,unet]
+
+``--sweep`` runs every column with every ``--methods`` (torchdiffeq: dopri5, bosh3, dopri8) over the
+``--tols`` grid and reports, for each of the baseline's points, the cheapest hybrids point whose error
+is no larger (``frontier``) and the baseline's slope of log error against log NFE:
+
+    OMP_NUM_THREADS=1 python -m benchmarks.ode_likelihood --sweep \
+        --tols 1e-2,3.16e-3,1e-3,3.16e-4,1e-4,3.16e-5,1e-5,3.16e-6,1e-6,3.16e-7,1e-7
 
 ``--divergence_cost`` instead times the exact divergence (D backward passes per evaluation)
 against Hutchinson on the U-Net; ``--step_profile`` counts where score_sde's solve places its
@@ -113,24 +120,35 @@ def trained_unet(sde: SDE, train_steps: int, seed: int) -> ScoreModel:
     return model.eval()
 
 
+def solve(setting: str, score_fn, sde: SDE, x: Tensor, probe: Tensor, tol: float) -> tuple[Tensor, int]:
+    """``(log_prob, nfe)`` of one setting at rtol = atol = ``tol``: ``'score_sde_scipy_rk45'``, a
+    ``HYBRIDS_VARIANTS`` column (dopri5), or such a column with ``'_' + method`` appended (any
+    adaptive torchdiffeq method). Every setting uses ``probe`` (``make_probe`` with seed 1)."""
+    if setting == "score_sde_scipy_rk45":
+        return score_sde_log_prob(score_fn, sde, x, probe, tol)
+    column, method = setting, "dopri5"
+    if setting not in HYBRIDS_VARIANTS:
+        column, _, method = setting.rpartition("_")
+    time_variable, norm = HYBRIDS_VARIANTS[column]
+    res = ode_log_prob(score_fn, sde, x, eps=EPS, rtol=tol, atol=tol, norm=norm, method=method,
+                       time_variable=time_variable, generator=torch.Generator().manual_seed(1))
+    return res.log_prob, res.nfe
+
+
+def _measure(setting: str, score_fn, sde: SDE, x: Tensor, probe: Tensor, reference: Tensor, tol: float) -> dict:
+    start = time.perf_counter()
+    log_prob, nfe = solve(setting, score_fn, sde, x, probe, tol)
+    return {"nfe": nfe, "seconds": time.perf_counter() - start,
+            "error_nats_per_dim": float((log_prob - reference).abs().mean() / x[0].numel())}
+
+
 def compare(score_fn, sde: SDE, x: Tensor, reference: Tensor, tols: list[float]) -> dict:
     """NFE, seconds and error per method and tolerance, plus the ratios to score_sde."""
-    dim = x[0].numel()
     probe = make_probe(x, "rademacher", torch.Generator().manual_seed(1))
     out = {}
     for tol in tols:
-        rows = {}
-        for name in ("score_sde_scipy_rk45", *HYBRIDS_VARIANTS):
-            start = time.perf_counter()
-            if name == "score_sde_scipy_rk45":
-                log_prob, nfe = score_sde_log_prob(score_fn, sde, x, probe, tol)
-            else:
-                time_variable, norm = HYBRIDS_VARIANTS[name]
-                res = ode_log_prob(score_fn, sde, x, eps=EPS, rtol=tol, atol=tol, norm=norm,
-                                   time_variable=time_variable, generator=torch.Generator().manual_seed(1))
-                log_prob, nfe = res.log_prob, res.nfe
-            rows[name] = {"nfe": nfe, "seconds": time.perf_counter() - start,
-                          "error_nats_per_dim": float((log_prob - reference).abs().mean() / dim)}
+        rows = {name: _measure(name, score_fn, sde, x, probe, reference, tol)
+                for name in ("score_sde_scipy_rk45", *HYBRIDS_VARIANTS)}
         base = rows["score_sde_scipy_rk45"]
         for name in HYBRIDS_VARIANTS:
             rows[name]["nfe_ratio"] = rows[name]["nfe"] / base["nfe"]
@@ -138,6 +156,43 @@ def compare(score_fn, sde: SDE, x: Tensor, reference: Tensor, tols: list[float])
         out[f"tol={tol:g}"] = rows
         print(json.dumps({f"tol={tol:g}": rows}), flush=True)
     return out
+
+
+def sweep(score_fn, sde: SDE, x: Tensor, reference: Tensor, tols: list[float], methods: list[str]) -> dict:
+    """Error against evaluations over a tolerance grid, and the cheapest match of each baseline point.
+
+    Runs score_sde's solve and every ``HYBRIDS_VARIANTS`` column with every method in ``methods`` at
+    each tolerance. ``frontier``: for each baseline point, the hybrids point (any setting, any
+    tolerance) with the fewest evaluations among those whose error is no larger, and the ratio of
+    evaluations (the issue's target is <= 0.5). ``baseline_slope``: least-squares slope of
+    log(error) against log(NFE) over the baseline's points, and ``error_factor_at_half_nfe`` =
+    2^-slope, how many times more accurate than the baseline, at equal evaluations, a method must be
+    to match its error with half of them when its error falls at the same rate.
+    """
+    probe = make_probe(x, "rademacher", torch.Generator().manual_seed(1))
+    settings = ["score_sde_scipy_rk45"] + [f"{name}_{m}" for name in HYBRIDS_VARIANTS for m in methods]
+    points: dict[str, list[dict]] = {s: [] for s in settings}
+    for tol in tols:
+        for setting in settings:
+            points[setting].append({"tol": tol, **_measure(setting, score_fn, sde, x, probe, reference, tol)})
+            print(json.dumps({setting: points[setting][-1]}), flush=True)
+    return {"points": points, **sweep_summary(points)}
+
+
+def sweep_summary(points: dict[str, list[dict]]) -> dict:
+    """``frontier``, ``baseline_slope`` and ``error_factor_at_half_nfe`` of :func:`sweep`'s points
+    (setting -> list of ``{"tol", "nfe", "error_nats_per_dim", ...}``, the baseline under
+    ``'score_sde_scipy_rk45'``)."""
+    baseline = points["score_sde_scipy_rk45"]
+    frontier = []
+    for base in baseline:
+        matches = [dict(p, setting=s) for s, pts in points.items() if s != "score_sde_scipy_rk45" for p in pts
+                   if p["error_nats_per_dim"] <= base["error_nats_per_dim"]]
+        best = min(matches, key=lambda p: p["nfe"]) if matches else None
+        frontier.append({"baseline": base, "best": best, "nfe_ratio": best["nfe"] / base["nfe"] if best else None})
+    slope = float(np.polyfit(np.log([p["nfe"] for p in baseline]),
+                             np.log([p["error_nats_per_dim"] for p in baseline]), 1)[0])
+    return {"frontier": frontier, "baseline_slope": slope, "error_factor_at_half_nfe": 2.0 ** -slope}
 
 
 def step_profile(model: ScoreModel, sde: SDE, x: Tensor, tols: list[float]) -> dict:
@@ -185,15 +240,46 @@ def divergence_cost(model: ScoreModel, sde: SDE, batch_size: int, tol: float, se
     return rows
 
 
+def build_case(case: str, args: argparse.Namespace, setup: dict) -> tuple:
+    """``(score_fn, sde, x, reference)`` of one case; the U-Net's reference solves are checked
+    against each other (t and angle variables) and their difference recorded in ``setup``."""
+    sde = VPSDE()
+    if case in ("gaussian64", "gaussian784"):
+        model, x, reference = gaussian_case(int(case[len("gaussian"):]), 8 if case == "gaussian64" else 16, sde)
+        return model.score, sde, x, reference
+    if case != "unet":
+        raise SystemExit(f"Unknown case {case!r}; choose from gaussian64, gaussian784, unet.")
+    if args.run_dir is None:
+        model, dataset = trained_unet(sde, args.train_steps, args.seed).double(), "digits"
+    else:
+        run = load_run(args.run_dir)
+        model, dataset, sde = run.model.double(), run.dataset_name, run.sde
+        setup.update(run_dir=args.run_dir, run_step=run.step, run_sde=repr(sde))
+    test = load_dataset(dataset, "test", args.data_dir)
+    x = dequantize(test.data[: args.batch_size], test.num_levels, torch.Generator().manual_seed(args.seed)).double()
+    references = {}
+    for time_variable in ("t", "angle"):
+        with torch.no_grad():
+            references[time_variable] = ode_log_prob(model, sde, x, eps=EPS, rtol=args.reference_tol,
+                                                     atol=args.reference_tol, time_variable=time_variable,
+                                                     generator=torch.Generator().manual_seed(1)).log_prob
+    setup["reference_t_minus_angle_nats_per_dim"] = float(
+        (references["t"] - references["angle"]).abs().mean() / x[0].numel())
+    return model.score, sde, x, references["t"]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="gaussian64,gaussian784,unet")
-    parser.add_argument("--tols", default="1e-5,1e-3")
+    parser.add_argument("--tols", default="1e-5,1e-3", help="tolerances (with --sweep: its grid)")
     parser.add_argument("--train_steps", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=8, help="U-Net case")
     parser.add_argument("--divergence_cost", action="store_true")
     parser.add_argument("--step_profile", action="store_true",
                         help="where score_sde's solve steps on the U-Net, and the network's roughness in t")
+    parser.add_argument("--sweep", action="store_true",
+                        help="error against evaluations over the --tols grid, every column with every --methods")
+    parser.add_argument("--methods", default="dopri5,bosh3,dopri8", help="with --sweep: torchdiffeq methods")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run_dir", default=None, help="unet case: a trained run's workdir instead of the digits U-Net")
     parser.add_argument("--data_dir", default=None, help="with --run_dir: where its dataset lives")
@@ -218,32 +304,11 @@ def main(argv: list[str] | None = None) -> dict:
         return results
     for case in args.cases.split(","):
         print(f"== {case}", flush=True)
-        if case.startswith("gaussian"):
-            model, x, reference = gaussian_case(int(case[len("gaussian"):]), 8 if case == "gaussian64" else 16, sde)
-            results[case] = compare(model.score, sde, x, reference, tols)
-        elif case == "unet":
-            unet_sde = sde
-            if args.run_dir is None:
-                model, dataset = trained_unet(sde, args.train_steps, args.seed).double(), "digits"
-            else:
-                run = load_run(args.run_dir)
-                model, dataset, unet_sde = run.model.double(), run.dataset_name, run.sde
-                results["setup"].update(run_dir=args.run_dir, run_step=run.step, run_sde=repr(unet_sde))
-            test = load_dataset(dataset, "test", args.data_dir)
-            x = dequantize(test.data[: args.batch_size], test.num_levels,
-                           torch.Generator().manual_seed(args.seed)).double()
-            references = {}
-            for time_variable in ("t", "angle"):
-                with torch.no_grad():
-                    references[time_variable] = ode_log_prob(model, unet_sde, x, eps=EPS, rtol=args.reference_tol,
-                                                             atol=args.reference_tol,
-                                                             time_variable=time_variable,
-                                                             generator=torch.Generator().manual_seed(1)).log_prob
-            results[case] = compare(model.score, unet_sde, x, references["t"], tols)
-            results[case]["reference_t_minus_angle_nats_per_dim"] = float(
-                (references["t"] - references["angle"]).abs().mean() / x[0].numel())
+        score_fn, case_sde, x, reference = build_case(case, args, results["setup"])
+        if args.sweep:
+            results[case] = sweep(score_fn, case_sde, x, reference, tols, args.methods.split(","))
         else:
-            raise SystemExit(f"Unknown case {case!r}; choose from gaussian64, gaussian784, unet.")
+            results[case] = compare(score_fn, case_sde, x, reference, tols)
     print(json.dumps(results, indent=1))
     return results
 

@@ -15,7 +15,7 @@ if str(REPO_ROOT) not in sys.path:
 import gin  # noqa: E402
 
 from benchmarks.ode_likelihood import (EPS, HYBRIDS_VARIANTS, compare, gaussian_case, main,  # noqa: E402
-                                       score_sde_log_prob, step_profile, trained_unet)
+                                       score_sde_log_prob, step_profile, sweep, trained_unet)
 from experiments.runner import run_experiment  # noqa: E402
 from hybrids.likelihood.ode import make_probe  # noqa: E402
 from hybrids.sdes import VPSDE  # noqa: E402
@@ -33,6 +33,26 @@ def test_compare_reports_every_setting_against_the_closed_form():
         assert row["nfe"] > 10 and row["error_nats_per_dim"] < 1e-5, (name, row)
     for name in HYBRIDS_VARIANTS:
         assert rows[name]["nfe_ratio"] == rows[name]["nfe"] / rows["score_sde_scipy_rk45"]["nfe"]
+
+
+def test_sweep_frontier_is_the_cheapest_point_no_less_accurate():
+    """Each frontier entry is, among all hybrids points of the sweep, the one with the fewest
+    evaluations whose error is at most the baseline point's (a frontier that ignored the error
+    condition, or kept the first match instead of the cheapest, fails), with its NFE ratio; errors
+    fall as the tolerance tightens, so the baseline's slope is negative and the factor above 1."""
+    sde = VPSDE()
+    model, x, reference = gaussian_case(8, 4, sde)
+    out = sweep(model.score, sde, x, reference, [1e-2, 1e-4, 1e-6], ["dopri5", "bosh3"])
+    assert set(out["points"]) == {"score_sde_scipy_rk45", *(f"{n}_{m}" for n in HYBRIDS_VARIANTS
+                                                            for m in ("dopri5", "bosh3"))}
+    candidates = [p for s, pts in out["points"].items() if s != "score_sde_scipy_rk45" for p in pts]
+    for entry in out["frontier"]:
+        base, best = entry["baseline"], entry["best"]
+        eligible = [p["nfe"] for p in candidates if p["error_nats_per_dim"] <= base["error_nats_per_dim"]]
+        assert best is not None and best["nfe"] == min(eligible)
+        assert best["error_nats_per_dim"] <= base["error_nats_per_dim"]
+        assert entry["nfe_ratio"] == best["nfe"] / base["nfe"]
+    assert out["baseline_slope"] < 0 and out["error_factor_at_half_nfe"] == 2.0 ** -out["baseline_slope"] > 1
 
 
 def test_baseline_accepted_times_and_step_profile_bookkeeping():
@@ -64,4 +84,4 @@ def test_unet_case_on_a_trained_run(tmp_path):
     assert out["setup"]["run_dir"] == str(workdir) and out["setup"]["run_step"] == 4
     rows = out["unet"]["tol=0.01"]
     assert set(rows) == {"score_sde_scipy_rk45", *HYBRIDS_VARIANTS} and all(r["nfe"] > 0 for r in rows.values())
-    assert out["unet"]["reference_t_minus_angle_nats_per_dim"] >= 0
+    assert out["setup"]["reference_t_minus_angle_nats_per_dim"] >= 0
