@@ -52,7 +52,7 @@ from torch import Tensor
 from hybrids import load_run
 from hybrids.data import dequantize, load_dataset
 from hybrids.likelihood import bits_per_dim, ode_log_prob
-from hybrids.likelihood.ode import flow_and_divergence, make_probe
+from hybrids.likelihood.ode import ADAPTIVE_METHODS, flow_and_divergence, make_probe
 from hybrids.models.analytic import GaussianDataModel
 from hybrids.models.score_model import ScoreModel
 from hybrids.models.unet import UNet
@@ -288,6 +288,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     sde = VPSDE()
     tols = [float(t) for t in args.tols.split(",")]
+    methods = args.methods.split(",")
+    if not set(methods) <= set(ADAPTIVE_METHODS):
+        parser.error(f"--methods must be adaptive torchdiffeq methods, some of {', '.join(ADAPTIVE_METHODS)}; "
+                     f"got {args.methods!r} (a tolerance sweep of a fixed-step method measures nothing).")
     results = {"setup": {"eps": EPS, "threads": torch.get_num_threads(), "train_steps": args.train_steps,
                          "sde": repr(sde)}}
     if args.step_profile:
@@ -306,7 +310,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"== {case}", flush=True)
         score_fn, case_sde, x, reference = build_case(case, args, results["setup"])
         if args.sweep:
-            results[case] = sweep(score_fn, case_sde, x, reference, tols, args.methods.split(","))
+            results[case] = sweep(score_fn, case_sde, x, reference, tols, methods)
         else:
             results[case] = compare(score_fn, case_sde, x, reference, tols)
     print(json.dumps(results, indent=1))

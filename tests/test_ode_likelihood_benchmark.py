@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,13 @@ def test_sweep_frontier_is_the_cheapest_point_no_less_accurate():
         assert best["error_nats_per_dim"] <= base["error_nats_per_dim"]
         assert entry["nfe_ratio"] == best["nfe"] / base["nfe"]
     assert out["baseline_slope"] < 0 and out["error_factor_at_half_nfe"] == 2.0 ** -out["baseline_slope"] > 1
+
+
+def test_sweep_refuses_fixed_step_methods(capsys):
+    """A tolerance sweep of a fixed-step method would time one step over [eps, T]: refused, naming the choices."""
+    with pytest.raises(SystemExit):
+        main(["--sweep", "--cases", "gaussian64", "--methods", "dopri5,rk4"])
+    assert "adaptive torchdiffeq methods" in capsys.readouterr().err
 
 
 def test_baseline_accepted_times_and_step_profile_bookkeeping():
