@@ -43,12 +43,12 @@ the evaluations, 0.73-0.92x the error); on a briefly trained digits U-Net, whose
 in t (sinusoidal embedding of 1000 t), it takes 1.1-1.2x the evaluations for 0.7-0.8x the error
 (with ``'rms'``: 1.1-1.2x the evaluations for 1.3-1.9x the error). So ``'t'`` stays the default.
 
-Solver pair (``method``): dopri5 (the default, score_sde's RK45 pair) suits smooth flows; on a
-network that is rough in t (a briefly trained U-Net with a sinusoidal time embedding), the lower-order
-``'bosh3'`` reached a given error with fewer evaluations down to about 3e-3 nats/dim (0.24-0.76x
-score_sde's evaluations at its tolerances 1e-2 to 1e-4), and ``'dopri8'`` paid on Gaussian data only
-at errors below about 5e-6 nats/dim (the tolerance sweep of ``benchmarks/ode_likelihood.py``,
-docs/benchmarks.md).
+Solver pair (``method``): dopri5 (the default, score_sde's RK45 pair) suits smooth flows. On a
+briefly trained digits U-Net, rough in t, the lower-order ``'bosh3'`` reached a given error with
+fewer evaluations down to about 3e-3 nats/dim (0.24-0.76x score_sde's evaluations at its
+tolerances 1e-2 to 1e-4), but not on a MNIST U-Net trained 500 updates; ``'dopri8'`` paid on
+Gaussian data only at errors below about 5e-6 nats/dim (the tolerance sweep of
+``benchmarks/ode_likelihood.py``, docs/benchmarks.md).
 
 With ``eps_correction=True`` the solve starts from x_eps ~ N(m_eps x, s_eps^2 I) and the result
 is log p_eps(x_eps) + log r(x | x_eps) + H, a stochastic lower bound on log p_0(x) (the Tweedie
