@@ -170,10 +170,11 @@ def flow_and_divergence(score_fn, sde: SDE, x: Tensor, t: Tensor, *, probe: Tens
     return drift, div
 
 
-def _noise_ratio(sde: SDE, t: float) -> float:
-    """r(t) = sigma_t / m_t = tan(phi(t)), computed in float64."""
+def _ratio_and_kappa(sde: SDE, t: float) -> tuple[float, float]:
+    """(r, kappa) at time ``t``, in float64: r = sigma_t / m_t = tan(phi(t)) and
+    kappa = cos(phi) / m_t = 1 / sqrt(m_t^2 + sigma_t^2), the state's scale z = kappa x."""
     coefs = sde.marginal_coefs(torch.tensor(t, dtype=torch.float64))
-    return float(coefs.std / coefs.mean_coef)
+    return float(coefs.std / coefs.mean_coef), float(torch.rsqrt(coefs.mean_coef**2 + coefs.std**2))
 
 
 def _angle_coefs(sde: SDE, t: Tensor, ratio: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -292,12 +293,10 @@ def ode_log_prob(
     if time_variable == "t":
         times, rhs, state0 = torch.tensor([eps, t_end], dtype=x.dtype, device=x.device), rhs_t, (x0, delta0)
     else:
-        ratios = tuple(_noise_ratio(sde, time) for time in (eps, t_end))
+        (ratio_eps, kappa_eps), (ratio_end, kappa_end) = (_ratio_and_kappa(sde, time) for time in (eps, t_end))
+        ratios = (ratio_eps, ratio_end)
         times, rhs = torch.tensor([math.atan(r) for r in ratios], dtype=x.dtype, device=x.device), rhs_angle
-        kappas = [_angle_coefs(sde, torch.tensor([time], dtype=torch.float64, device=x.device),
-                               torch.tensor(r, dtype=torch.float64, device=x.device))[1].to(x.dtype)
-                  for time, r in zip((eps, t_end), ratios)]
-        state0 = (x0 * kappas[0], delta0)
+        state0 = (x0 * kappa_eps, delta0)
     with torch.set_grad_enabled(keep_graph), solver_errors("ode_log_prob"):
         options = None
         if method in ADAPTIVE_METHODS:
@@ -305,7 +304,7 @@ def ode_log_prob(
         xs, delta = odeint(rhs, state0, times, rtol=rtol, atol=atol, method=method, options=options)
     z, delta = xs[-1], delta[-1]
     if time_variable == "angle":
-        z = z / kappas[1]
+        z = z / kappa_end
     prior = sde.prior_log_prob(z) if terminal_log_prob is None else terminal_log_prob(z)
     log_prob = prior + delta
     if correction is not None:
